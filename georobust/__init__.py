@@ -1,0 +1,18 @@
+"""georobust — a geometric toolkit for the adversarial robustness of PyTorch classifiers.
+
+Everything is a function of ``(model, inputs, labels) -> result``: attack a model, measure the geometry
+of its decision boundary, or train it to be robust.
+"""
+
+from . import data, errors, registry
+from .attacks import fgsm
+from .checks import predict
+from .defenses import fit
+from .evaluation import accuracy, evaluate
+from .models import Classifier, build, load_model, pretrained, save_weights
+from .results import AttackResult
+
+__version__ = "0.1.0"
+
+__all__ = ["Classifier", "AttackResult", "build", "load_model", "pretrained", "save_weights", "predict",
+           "accuracy", "evaluate", "fit", "fgsm", "data", "errors", "registry", "__version__"]

@@ -1,0 +1,157 @@
+"""Input validation shared by every public entry point. Everything here runs *before* any work.
+
+Conventions (DESIGN.md): inputs are float32 ``(N, C, H, W)`` or ``(N, D)`` inside the model's bounds,
+labels int64 ``(N,)``; the model returns logits ``(N, K)`` and is in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError, ModelError, OptionError
+from .models.classifier import Classifier, as_classifier
+
+#: float round-off after normalisation may push inputs this far outside the bounds; it is clamped away.
+BOUNDS_TOL = 1e-6
+
+
+def check_x(x: Any, bounds: tuple[float, float] = (0.0, 1.0), *, name: str = "x") -> torch.Tensor:
+    """Validate a batch of inputs; return it (clamped into the bounds if it was off by round-off only)."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}; use torch.as_tensor")
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise InputError(f"{name} must be a floating tensor (float32), got {x.dtype}; use {name}.float()")
+    if x.ndim not in (2, 3, 4, 5):
+        raise InputError(
+            f"{name} must be a batch (N, D) or (N, C, H, W), got shape {tuple(x.shape)}; "
+            f"add a batch dimension with {name}.unsqueeze(0)"
+        )
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        n_bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise InputError(f"{name} contains NaN or inf in {n_bad} sample(s); clean the data first")
+    lo, hi = bounds
+    xmin, xmax = float(x.min()), float(x.max())
+    if xmin < lo - BOUNDS_TOL or xmax > hi + BOUNDS_TOL:
+        raise InputError(
+            f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the model's bounds [{lo:g}, {hi:g}]; "
+            "pass unnormalised inputs and put mean/std in Classifier(..., mean=, std=), "
+            "or declare other bounds"
+        )
+    if xmin < lo or xmax > hi:
+        x = x.clamp(lo, hi)
+    return x
+
+
+def check_labels(y: Any, n: int, num_classes: int | None = None, *, name: str = "y") -> torch.Tensor:
+    """Validate int labels of length ``n`` in ``[0, num_classes)``."""
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of int64 labels, got {type(y).__name__}")
+    if y.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+        raise InputError(f"{name} must hold integer class indices (int64), got {y.dtype}; use {name}.long()")
+    if y.ndim != 1:
+        raise InputError(f"{name} must have shape (N,), got {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise InputError(f"{name} has {y.shape[0]} labels for {n} inputs; they must match")
+    y = y.long()
+    if n and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+        raise InputError(
+            f"{name} has labels in [{int(y.min())}, {int(y.max())}], outside [0, {num_classes}) "
+            f"for a model with {num_classes} classes"
+        )
+    return y
+
+
+def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, int]:
+    """Wrap and validate a model; return ``(classifier, num_classes)``.
+
+    Refuses a model in training mode, a model on another device than ``x``, and a model whose output on
+    (up to two samples of) ``x`` is not finite logits of shape ``(N, K)``, ``K >= 2``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"expected a torch.nn.Module returning logits (N, K), got {type(model).__name__}"
+        )
+    clf = as_classifier(model)
+    training = [n or type(m).__name__ for n, m in clf.named_modules() if m.training]
+    if training:
+        raise ModelError(
+            f"the model is in training mode ({', '.join(training[:3])}); call model.eval() first — "
+            "attacks never switch modes silently, because dropout/batch-norm would change the answer"
+        )
+    if x is None:
+        return clf, -1
+    p = next(clf.parameters(), None)
+    if p is not None and p.device != x.device:
+        raise ModelError(f"model is on {p.device} but inputs are on {x.device}; move one of them")
+    with torch.inference_mode():
+        out = clf(x[:2])
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, x.shape[0]):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model must return logits of shape (N, K); for {min(2, x.shape[0])} inputs it returned {shape}")
+    if out.shape[1] < 2:
+        raise ModelError(f"model returns {out.shape[1]} logit(s); a classifier needs K >= 2 (use two logits for binary)")
+    if not torch.isfinite(out).all():
+        raise ModelError("model returns NaN or inf logits on these inputs")
+    return clf, int(out.shape[1])
+
+
+def check_norm(norm: Any, allowed=("2", "inf")) -> str:
+    """Normalise a norm spec (2, '2', 'l2', inf, 'inf', 'linf', 1, 'l1', 0) to a string."""
+    s = str(norm).lower().removeprefix("l")
+    if s in ("infinity", "nf", str(math.inf)):
+        s = "inf"
+    if s in ("2.0", "1.0", "0.0"):
+        s = s[0]
+    if s not in allowed:
+        raise OptionError(f"norm {norm!r} is not supported here; choose one of {', '.join(allowed)}")
+    return s
+
+
+def check_positive(value: Any, name: str, *, allow_zero: bool = False, integer: bool = False) -> Any:
+    ok_type = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
+        raise OptionError(f"{name} must be a finite {'integer' if integer else 'number'}, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise OptionError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False):
+    """The common preamble of an attack: validate model, inputs, labels and targets.
+
+    Returns ``(clf, x, y, target, num_classes, pred)`` where ``pred`` is the clean prediction and ``y``
+    defaults to it when ``None`` (the papers' convention for ρ_adv over a test set).
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module returning logits (N, K), got {type(model).__name__}")
+    clf = as_classifier(model)
+    x = check_x(x, clf.bounds)
+    clf, k = check_model(clf, x)
+    if y is None:
+        if labels_required:
+            raise InputError("labels y are required for this method")
+    else:
+        if isinstance(y, torch.Tensor) and y.device != x.device:
+            raise InputError(f"labels are on {y.device} but inputs are on {x.device}")
+        y = check_labels(y, x.shape[0], k)
+    if target is not None:
+        if isinstance(target, int):
+            target = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+        target = check_labels(target, x.shape[0], k, name="target")
+    with torch.inference_mode():
+        pred = predict(clf, x)
+    if y is None:
+        y = pred.clone()
+    return clf, x.float(), y, target, k, pred
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted labels of ``model`` on ``x``, batched, under inference mode."""
+    with torch.inference_mode():
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])

@@ -1,0 +1,12 @@
+"""Defences: one training loop (``fit``) and the objectives it optimises, detection and projection.
+
+Every submodule not starting with ``_`` is imported here (registering its objectives).
+"""
+
+from .._autoload import import_submodules
+from .objectives import Objective, Standard, make_objective
+from .train import History, fit
+
+MODULES = import_submodules(__name__, __path__)
+
+__all__ = ["fit", "History", "Objective", "Standard", "make_objective"]

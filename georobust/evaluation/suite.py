@@ -1,0 +1,144 @@
+"""A whole robustness evaluation: clean accuracy plus robust accuracy versus ε under several attacks.
+
+A minimal-perturbation attack (DeepFool, ...) runs once and its per-sample norms give the whole curve;
+a bounded attack (FGSM, PGD, ...) runs once per ε. The robust accuracy reported for each ε is the
+*minimum over attacks* per sample (a sample counts as robust only if no attack fooled it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import registry
+from ..checks import check_norm, prepare
+from ..errors import OptionError
+from ..results import AttackResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPS = {"inf": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2), "2": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)}
+#: attacks tried by default, in this order, when registered and supporting the norm
+DEFAULT_ATTACKS = ("fgsm", "pgd", "deepfool")
+
+
+@dataclass
+class Evaluation:
+    model: str
+    data: str
+    n: int
+    norm: str
+    eps: list[float]
+    clean_accuracy: float
+    robust: dict[str, list[float]] = field(default_factory=dict)  # attack -> robust accuracy per eps
+    worst_case: list[float] = field(default_factory=list)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack -> summary
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def table(self) -> list[list[str]]:
+        head = ["attack"] + [f"ε={e:g}" for e in self.eps] + ["median ‖r‖", "seconds"]
+        rows = [head]
+        for a, accs in self.robust.items():
+            d = self.details.get(a, {})
+            med = d.get("median_l2" if self.norm == "2" else "median_linf")
+            rows.append([a] + [f"{v:.3f}" for v in accs]
+                        + [f"{med:.4g}" if med is not None else "—", f"{d.get('seconds', 0):.2f}"])
+        rows.append(["worst case"] + [f"{v:.3f}" for v in self.worst_case] + ["", f"{self.seconds:.2f}"])
+        return rows
+
+
+def default_attacks(norm: str) -> list[str]:
+    out = []
+    for name in DEFAULT_ATTACKS:
+        if name in registry.attacks and norm in registry.attacks.get(name).norms:
+            out.append(name)
+    return out
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] | None = None,
+             eps: Sequence[float] | None = None, norm: Any = "inf", model_name: str = "model",
+             data_name: str = "data", options: dict[str, dict[str, Any]] | None = None,
+             on_attack: Callable[[str, int, int], None] | None = None,
+             keep_results: bool = True) -> tuple[Evaluation, dict[str, AttackResult]]:
+    """Evaluate ``model`` on ``(x, y)``; return the :class:`Evaluation` and the last result per attack.
+
+    ``attacks`` are registered names (default: those of FGSM, PGD, DeepFool that are available for
+    ``norm``); ``options`` maps an attack name to extra keyword options.
+    """
+    norm = check_norm(norm)
+    attacks = list(attacks) if attacks is not None else default_attacks(norm)
+    if not attacks:
+        raise OptionError(f"no attack to run for norm {norm}")
+    entries = [registry.attacks.get(a) for a in attacks]
+    options = options or {}
+    for e in entries:
+        if norm not in e.norms:
+            raise OptionError(f"attack {e.name!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
+        e.check_options(options.get(e.name, {}))
+    eps = sorted(float(e) for e in (eps if eps is not None else DEFAULT_EPS[norm]))
+    if any(e < 0 for e in eps):
+        raise OptionError(f"eps values must be >= 0, got {eps}")
+    clf, x, y, _, _, pred = prepare(model, x, y, labels_required=True)
+    t0 = time.perf_counter()
+    correct = pred == y
+    ev = Evaluation(model_name, data_name, int(x.shape[0]), norm, eps, float(correct.double().mean()))
+    robust_all = correct[:, None].repeat(1, len(eps))  # per sample, per eps: still robust?
+    results: dict[str, AttackResult] = {}
+    for e in entries:
+        ta = time.perf_counter()
+        robust = correct[:, None].repeat(1, len(eps))
+        opts = dict(options.get(e.name, {}))
+        if e.kind == "minimal":
+            r = e.fn(clf, x, y, norm=norm, **opts)
+            nrm = r.norms(norm)
+            for j, ep in enumerate(eps):
+                robust[:, j] &= ~(r.success & (nrm <= ep + 1e-7))
+            results[e.name] = r
+            detail = r.summary()
+        else:
+            detail = {}
+            for j, ep in enumerate(eps):
+                if on_attack is not None:
+                    on_attack(e.name, j, len(eps))
+                if ep == 0:
+                    continue  # the clean accuracy
+                r = e.fn(clf, x, y, eps=ep, norm=norm, **opts)
+                robust[:, j] &= ~r.success
+                results[e.name] = r
+                detail = {"success_rate_at_max_eps": r.success_rate}
+        detail["seconds"] = time.perf_counter() - ta
+        ev.robust[e.name] = robust.double().mean(0).tolist()
+        ev.details[e.name] = detail
+        robust_all &= robust
+        log.info("%s: robust accuracy %s", e.name, ev.robust[e.name])
+    ev.worst_case = robust_all.double().mean(0).tolist()
+    ev.seconds = time.perf_counter() - t0
+    return ev, results if keep_results else {}
+
+
+def save_evaluation(ev: Evaluation, results: dict[str, AttackResult], out: str | Path,
+                    classes: Sequence[str] | None = None) -> list[Path]:
+    """Write ``evaluation.json``, each attack's result, and the figures into ``out``."""
+    import json
+
+    from .. import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "evaluation.json"]
+    (out / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=2))
+    for name, r in results.items():
+        written.append(r.save(out / f"result_{name}"))
+    written.append(plots.robust_accuracy_curve(ev, out / "robust_accuracy.png"))
+    for name, r in results.items():
+        written.append(plots.adversarial_examples(r, out / f"examples_{name}.png", classes=classes))
+    return written

@@ -1,0 +1,148 @@
+"""Loading and saving models safely: safetensors weights, TorchScript files, ``package.module:factory``
+references, and the shipped zoo weights (checked against the sha256 in ``weights/MANIFEST.json``).
+
+Nothing here unpickles arbitrary objects: weights are safetensors, TorchScript is loaded with
+``torch.jit.load``, and plain ``torch.load`` is only ever called with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import ModelError, WeightsError, unknown_name
+from .classifier import Classifier
+from .zoo import build
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST = WEIGHTS_DIR / "MANIFEST.json"
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model: Classifier, path: str | Path, *, arch: str, input_shape, num_classes: int,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Save a zoo ``Classifier``'s weights to safetensors, with what is needed to rebuild it as metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "arch": arch,
+        "input_shape": json.dumps(list(input_shape)),
+        "num_classes": str(num_classes),
+        "bounds": json.dumps(list(model.bounds)),
+        "mean": json.dumps(None if model.mean is None else model.mean.tolist()),
+        "std": json.dumps(None if model.std is None else model.std.tolist()),
+        "name": model.name,
+    }
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def load_weights(path: str | Path, *, expected_sha256: str | None = None,
+                 device: str | torch.device = "cpu") -> Classifier:
+    """Rebuild a zoo model from a safetensors file written by :func:`save_weights` (eval mode)."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file {path} does not exist")
+    if expected_sha256 is not None:
+        got = sha256(path)
+        if got != expected_sha256:
+            raise WeightsError(
+                f"sha256 of {path} is {got[:16]}…, but the manifest records {expected_sha256[:16]}…; "
+                "the file is corrupt or was replaced — refusing to load it"
+            )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    if "arch" not in meta:
+        raise WeightsError(f"{path} has no 'arch' metadata; it was not written by georobust.save_weights")
+    module = build(meta["arch"], tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"weights in {path} do not fit architecture {meta['arch']}: {e}") from e
+    clf = Classifier(module, bounds=tuple(json.loads(meta["bounds"])), mean=json.loads(meta["mean"]),
+                     std=json.loads(meta["std"]), name=meta.get("name", path.stem))
+    clf.metadata = meta  # type: ignore[attr-defined]
+    return clf.to(device).eval()
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    if not MANIFEST.exists():
+        return {}
+    return json.loads(MANIFEST.read_text())
+
+
+def pretrained(name: str, device: str | torch.device = "cpu") -> Classifier:
+    """A shipped model by name (``lenet-fmnist``, ``fc500-150-10-fmnist``, ``mlp-digits``, ...)."""
+    m = manifest()
+    if name not in m:
+        raise unknown_name("shipped model", name, m)
+    entry = m[name]
+    clf = load_weights(WEIGHTS_DIR / entry["file"], expected_sha256=entry["sha256"], device=device)
+    clf.name = name
+    return clf
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> Classifier:
+    """Load a model from a spec string, in eval mode.
+
+    - ``zoo:NAME`` — a shipped model (see ``georobust zoo list``);
+    - ``PATH.safetensors`` — weights written by ``georobust train`` / :func:`save_weights`;
+    - ``PATH.pt`` / ``PATH.ts`` — a TorchScript file (inputs in ``[0, 1]``);
+    - ``package.module:factory`` — a function returning an ``nn.Module`` or a :class:`Classifier`.
+    """
+    if spec.startswith("zoo:"):
+        return pretrained(spec[4:], device)
+    p = Path(spec)
+    if p.suffix == ".safetensors":
+        return load_weights(p, device=device)
+    if p.suffix in (".pt", ".ts", ".pth", ".jit"):
+        if not p.exists():
+            raise WeightsError(f"model file {p} does not exist")
+        try:
+            mod = torch.jit.load(str(p), map_location=device)
+        except Exception as e:
+            raise WeightsError(
+                f"{p} is not a TorchScript archive ({e}); save models with torch.jit.save or as "
+                "safetensors — pickled modules are never loaded"
+            ) from e
+        return Classifier(mod, name=p.stem).eval()
+    if ":" in spec and not p.exists():
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelError(f"cannot import {spec!r}: {e}") from e
+        obj = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if not isinstance(obj, nn.Module):
+            raise ModelError(f"{spec} returned {type(obj).__name__}, not an nn.Module")
+        clf = obj if isinstance(obj, Classifier) else Classifier(obj, name=attr)
+        return clf.to(device).eval()
+    raise ModelError(
+        f"cannot load model {spec!r}: use zoo:NAME, a .safetensors or TorchScript (.pt) file, "
+        "or package.module:factory"
+    )

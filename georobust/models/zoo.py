@@ -1,0 +1,135 @@
+"""Architectures by name, built for any input shape and class count, and the shipped pretrained models.
+
+============== ===================================================================================
+name           architecture
+============== ===================================================================================
+linear         one affine layer on the flattened input (a multi-class linear classifier)
+mlp            flatten → 256 → ReLU → 256 → ReLU → K
+fc500-150-10   flatten → 500 → ReLU → 150 → ReLU → K (DeepFool's MNIST "FC500-150-10"; sigmoid
+               in Szegedy et al., ReLU here)
+lenet          Caffe LeNet as in DeepFool's MNIST experiments: conv5(20) → max-pool → conv5(50) →
+               max-pool → 500 → ReLU → K. On inputs smaller than 20 pixels the convolutions are
+               padded ("same") so that 8×8 digits still fit.
+resnet-small   a pre-activation ResNet (He et al., 2016) with three stages of two basic blocks
+               (16, 32, 64 channels), for 28×28/32×32 inputs (any size works: global pooling)
+============== ===================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import OptionError, unknown_name
+
+Shape = tuple[int, ...]
+
+
+def _flat(shape: Shape) -> int:
+    return int(math.prod(shape))
+
+
+def linear(input_shape: Shape, num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(_flat(input_shape), num_classes))
+
+
+def mlp(input_shape: Shape, num_classes: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    d = _flat(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    layers.append(nn.Linear(d, num_classes))
+    return nn.Sequential(*layers)
+
+
+def fc500_150_10(input_shape: Shape, num_classes: int) -> nn.Module:
+    return mlp(input_shape, num_classes, hidden=(500, 150))
+
+
+def _image_shape(input_shape: Shape, arch: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise OptionError(f"{arch} needs image inputs (C, H, W), got input shape {input_shape}")
+    return input_shape  # type: ignore[return-value]
+
+
+def lenet(input_shape: Shape, num_classes: int) -> nn.Module:
+    c, h, w = _image_shape(input_shape, "lenet")
+    pad = 2 if min(h, w) < 20 else 0
+    body = nn.Sequential(
+        nn.Conv2d(c, 20, 5, padding=pad), nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5, padding=pad), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    with torch.no_grad():
+        d = body(torch.zeros(1, c, h, w)).shape[1]
+    return nn.Sequential(*body, nn.Linear(d, 500), nn.ReLU(), nn.Linear(500, num_classes))
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.short = (
+            nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        sc = self.short(out) if self.short is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + sc
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, widths=(16, 32, 64), blocks=2):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        layers, cin = [], widths[0]
+        for i, wdt in enumerate(widths):
+            for b in range(blocks):
+                layers.append(_PreActBlock(cin, wdt, 2 if (b == 0 and i > 0) else 1))
+                cin = wdt
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(cin)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        out = self.layers(self.stem(x))
+        out = torch.relu(self.bn(out)).mean((2, 3))
+        return self.fc(out)
+
+
+def resnet_small(input_shape: Shape, num_classes: int) -> nn.Module:
+    c, _, _ = _image_shape(input_shape, "resnet-small")
+    return PreActResNet(c, num_classes)
+
+
+ARCHITECTURES: dict[str, Callable[[Shape, int], nn.Module]] = {
+    "linear": linear,
+    "mlp": mlp,
+    "fc500-150-10": fc500_150_10,
+    "lenet": lenet,
+    "resnet-small": resnet_small,
+}
+
+
+def build(arch: str, input_shape: Shape, num_classes: int, seed: int | None = None) -> nn.Module:
+    """Build architecture ``arch`` for inputs of ``input_shape`` (without batch) and ``num_classes``."""
+    if arch not in ARCHITECTURES:
+        raise unknown_name("architecture", arch, ARCHITECTURES)
+    if num_classes < 2:
+        raise OptionError(f"num_classes must be >= 2, got {num_classes}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ARCHITECTURES[arch](input_shape, num_classes)
+    return ARCHITECTURES[arch](input_shape, num_classes)

@@ -1,0 +1,219 @@
+"""Result dataclasses. Each saves itself as ``<path>.json`` (scalars, parameters, summary) beside
+``<path>.safetensors`` (tensors), and loads back without unpickling anything."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checks import check_norm
+from .errors import InputError
+
+_TENSOR = "tensor"
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    return stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(a) for a in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(a) for k, a in v.items()}
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    return v
+
+
+class _Saveable:
+    """save/load for dataclasses whose tensor fields go to safetensors and the rest to JSON."""
+
+    def save(self, path: str | Path) -> Path:
+        jpath, tpath = _paths(path)
+        jpath.parent.mkdir(parents=True, exist_ok=True)
+        tensors, meta = {}, {"type": type(self).__name__, "fields": {}}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                tensors[f.name] = v.detach().cpu().contiguous()
+                meta["fields"][f.name] = _TENSOR
+            else:
+                meta["fields"][f.name] = _jsonable(v)
+        if hasattr(self, "summary"):
+            meta["summary"] = _jsonable(self.summary())
+        save_file(tensors, str(tpath))
+        jpath.write_text(json.dumps(meta, indent=2))
+        return jpath
+
+    @classmethod
+    def load(cls, path: str | Path):
+        jpath, tpath = _paths(path)
+        meta = json.loads(jpath.read_text())
+        if meta.get("type") != cls.__name__:
+            raise InputError(f"{jpath} holds a {meta.get('type')}, not a {cls.__name__}")
+        tensors = load_file(str(tpath)) if tpath.exists() else {}
+        kw = {}
+        for name, v in meta["fields"].items():
+            kw[name] = tensors[name] if v == _TENSOR else v
+        return cls(**kw)
+
+
+@dataclass
+class AttackResult(_Saveable):
+    """What an attack returns.
+
+    ``success`` is *verified*: it is recomputed by running the model on ``x_adv`` (``label_adv``), never
+    taken from the attack's own bookkeeping. For an untargeted attack success means
+    ``label_adv != y``; for a targeted one ``label_adv == target``. A sample the model already
+    misclassifies counts as a success with a zero perturbation. Failed samples stay in the result
+    (``x_adv`` is then the attack's last iterate, or ``x``) and count as robust.
+    """
+
+    attack: str
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    label_clean: torch.Tensor
+    label_adv: torch.Tensor
+    success: torch.Tensor
+    iterations: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    elapsed: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    minimal: bool = False  # minimal-perturbation attack: its norms give a whole robustness curve
+
+    # ---- derived quantities -------------------------------------------------------------------------
+    @property
+    def perturbation(self) -> torch.Tensor:
+        return self.x_adv - self.x
+
+    def norms(self, norm: Any = 2) -> torch.Tensor:
+        """Per-sample norm of the perturbation (``0``, ``1``, ``2`` or ``inf``)."""
+        n = check_norm(norm, ("0", "1", "2", "inf"))
+        r = self.perturbation.flatten(1).double()
+        if n == "0":
+            return (r != 0).sum(1).double()
+        if n == "1":
+            return r.abs().sum(1)
+        if n == "2":
+            return r.norm(dim=1)
+        return r.abs().amax(1)
+
+    @property
+    def l0(self) -> torch.Tensor:
+        return self.norms(0)
+
+    @property
+    def l1(self) -> torch.Tensor:
+        return self.norms(1)
+
+    @property
+    def l2(self) -> torch.Tensor:
+        return self.norms(2)
+
+    @property
+    def linf(self) -> torch.Tensor:
+        return self.norms("inf")
+
+    @property
+    def rho(self) -> torch.Tensor:
+        """Per-sample ``‖r‖₂ / ‖x‖₂`` (DeepFool's ρ_adv is its mean over successful samples)."""
+        return self.l2 / self.x.flatten(1).double().norm(dim=1).clamp_min(1e-12)
+
+    @property
+    def rho_inf(self) -> torch.Tensor:
+        return self.linf / self.x.flatten(1).double().abs().amax(1).clamp_min(1e-12)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.double().mean())
+
+    def robust_accuracy(self, eps_list, norm: Any = 2) -> list[float]:
+        """Fraction of samples that are correctly classified and not fooled within ``eps`` in ``norm``.
+
+        For a minimal-perturbation attack one run gives the whole curve. A failed sample counts as
+        robust at every eps, so the curve is an upper bound on the true robust accuracy.
+        """
+        nrm = self.norms(norm)
+        correct = self.label_clean == self.y
+        out = []
+        for eps in eps_list:
+            fooled = self.success & (nrm <= float(eps) + 1e-7) | ~correct
+            out.append(float((~fooled).double().mean()))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        s = self.success
+        n_ok = int(s.sum())
+        def med(t):
+            return float(t[s].median()) if n_ok else float("nan")
+        def mean(t):
+            return float(t[s].mean()) if n_ok else float("nan")
+        out = {
+            "attack": self.attack,
+            "n": int(s.numel()),
+            "clean_accuracy": float((self.label_clean == self.y).double().mean()),
+            "success_rate": self.success_rate,
+            "median_l2": med(self.l2),
+            "mean_l2": mean(self.l2),
+            "median_linf": med(self.linf),
+            "mean_linf": mean(self.linf),
+            "rho": mean(self.rho),
+            "rho_inf": mean(self.rho_inf),
+            "elapsed": self.elapsed,
+        }
+        if self.iterations is not None:
+            out["mean_iterations"] = float(self.iterations.double().mean())
+        if self.queries is not None:
+            out["mean_queries"] = float(self.queries.double().mean())
+        return out
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"AttackResult({self.attack}: n={s['n']}, success={s['success_rate']:.3f}, "
+            f"median_l2={s['median_l2']:.4g}, median_linf={s['median_linf']:.4g}, {self.elapsed:.2f}s)"
+        )
+
+
+def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+           batch_size: int = 1024):
+    """Re-run ``model`` on ``x_adv``; return ``(label_adv, success)``."""
+    from .checks import predict
+
+    label_adv = predict(model, x_adv.detach(), batch_size)
+    success = label_adv == target if target is not None else label_adv != y
+    return label_adv, success
+
+
+def make_result(attack: str, clf, x, x_adv, y, pred, *, target=None, iterations=None, queries=None,
+                elapsed=0.0, params=None, minimal=False) -> AttackResult:
+    """Build a verified :class:`AttackResult`: clamp to the bounds, re-run the model, set success.
+
+    Samples the model already misclassifies (untargeted, labels given) are reported with a zero
+    perturbation and success, whatever the attack did with them.
+    """
+    lo, hi = clf.bounds
+    x_adv = x_adv.detach().clamp(lo, hi)
+    if target is None:
+        wrong = pred != y
+        if wrong.any():
+            x_adv = torch.where(wrong.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
+    label_adv, success = verify(clf, x_adv, y, target)
+    return AttackResult(
+        attack=attack, x=x.detach(), x_adv=x_adv, y=y, label_clean=pred, label_adv=label_adv,
+        success=success, iterations=iterations, queries=queries, target=target,
+        elapsed=float(elapsed), params=dict(params or {}), minimal=minimal,
+    )

@@ -1,0 +1,69 @@
+"""Shared fixtures: affine classifiers with analytic answers, small data, the shipped models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from georobust import Classifier
+
+torch.set_num_threads(int(os.environ.get("GEOROBUST_TEST_THREADS", "2")))
+
+
+class Affine(nn.Module):
+    """``f(x) = W x + b`` on the flattened input: every minimal perturbation is known in closed form."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+        self.b = nn.Parameter(b.clone())
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def make_affine(d: int = 20, k: int = 5, seed: int = 0, scale: float = 1.0) -> Classifier:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(k, d, generator=g) * scale
+    b = torch.randn(k, generator=g) * 0.1
+    # centre the decision boundaries inside the box: f(0.5·1) = b
+    b = b - w @ torch.full((d,), 0.5)
+    return Classifier(Affine(w, b), bounds=(0.0, 1.0), name="affine").eval()
+
+
+@pytest.fixture
+def affine():
+    return make_affine()
+
+
+@pytest.fixture
+def affine_data():
+    g = torch.Generator().manual_seed(1)
+    x = 0.3 + 0.4 * torch.rand(64, 20, generator=g)
+    return x
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from georobust import data
+
+    return data.load("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def mlp_digits():
+    from georobust import pretrained
+
+    return pretrained("mlp-digits")
+
+
+def fmnist_available() -> bool:
+    from georobust.data import fashion_mnist
+
+    return fashion_mnist.available()
+
+
+needs_fmnist = pytest.mark.skipif(not fmnist_available(), reason="Fashion-MNIST not installed")
