@@ -82,4 +82,6 @@ def as_classifier(model: nn.Module, bounds: tuple[float, float] | None = None) -
             f"expected a torch.nn.Module returning logits, got {type(model).__name__}; "
             "wrap plain functions in an nn.Module"
         )
-    return Classifier(model, bounds=bounds or (0.0, 1.0))
+    clf = Classifier(model, bounds=bounds or (0.0, 1.0))
+    clf.training = model.training  # the wrapper inherits the module's mode; it never switches it
+    return clf

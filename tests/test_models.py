@@ -1,0 +1,127 @@
+"""Zoo shapes, safe weight I/O, sha256 refusal, and the accuracy of each shipped model recomputed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import needs_fmnist
+from torch import nn
+
+from georobust import Classifier, build, data, load_model, pretrained, save_weights
+from georobust.errors import ModelError, OptionError, WeightsError
+from georobust.evaluation import accuracy
+from georobust.models import io as mio
+from georobust.models import manifest
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "fc500-150-10", "lenet", "resnet-small"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_zoo_shapes(arch, shape):
+    m = build(arch, shape, 7, seed=0).eval()
+    out = m(torch.rand(3, *shape))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_zoo_vector_inputs_and_errors():
+    assert build("mlp", (500,), 2)(torch.rand(4, 500)).shape == (4, 2)
+    with pytest.raises(OptionError, match="image inputs"):
+        build("lenet", (500,), 2)
+    with pytest.raises(OptionError, match="Did you mean 'lenet'"):
+        build("lenett", (1, 8, 8), 10)
+    with pytest.raises(OptionError, match="num_classes"):
+        build("mlp", (4,), 1)
+
+
+def test_build_seeded_is_deterministic():
+    a, b = build("lenet", (1, 28, 28), 10, seed=3), build("lenet", (1, 28, 28), 10, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_classifier_normalisation_inside():
+    mod = nn.Sequential(nn.Flatten(), nn.Identity())
+    clf = Classifier(mod, mean=[0.5, 0.25], std=[0.5, 0.25]).eval()
+    x = torch.ones(1, 2, 1, 1)
+    assert torch.allclose(clf(x), torch.tensor([[1.0, 3.0]]))
+    with pytest.raises(ModelError, match="std must be positive"):
+        Classifier(mod, std=[0.0])
+    with pytest.raises(ModelError, match="low < high"):
+        Classifier(mod, bounds=(1, 0))
+
+
+def test_weights_roundtrip_and_sha_refusal(tmp_path):
+    clf = Classifier(build("lenet", (1, 8, 8), 10, seed=0), mean=0.1, std=0.3, name="t").eval()
+    p = save_weights(clf, tmp_path / "m.safetensors", arch="lenet", input_shape=(1, 8, 8), num_classes=10)
+    back = load_weights = mio.load_weights(p, expected_sha256=mio.sha256(p))
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(clf(x), back(x))
+    assert back.bounds == (0.0, 1.0) and not back.training
+    with pytest.raises(WeightsError, match="refusing"):
+        mio.load_weights(p, expected_sha256="0" * 64)
+    assert load_weights is back
+
+
+def test_shipped_weights_tampered_are_refused(tmp_path, monkeypatch):
+    wd = tmp_path / "weights"
+    shutil.copytree(mio.WEIGHTS_DIR, wd)
+    f = wd / "mlp-digits.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-5] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    monkeypatch.setattr(mio, "WEIGHTS_DIR", wd)
+    monkeypatch.setattr(mio, "MANIFEST", wd / "MANIFEST.json")
+    with pytest.raises(WeightsError, match="sha256"):
+        mio.pretrained("mlp-digits")
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save(nn.Linear(2, 2), p)  # a pickled module, not TorchScript
+    with pytest.raises(WeightsError, match="pickled modules are never loaded"):
+        load_model(str(p))
+
+
+def test_torchscript_and_factory(tmp_path):
+    m = build("mlp", (1, 8, 8), 10, seed=0).eval()
+    p = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(m), p)
+    ts = load_model(str(p))
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(ts(x), m(x))
+    lin = load_model("conftest:make_affine")
+    assert isinstance(lin, Classifier) and lin(torch.rand(2, 20)).shape == (2, 5)
+    with pytest.raises(ModelError, match="cannot import"):
+        load_model("no_such_module_xyz:f")
+    with pytest.raises(ModelError, match="zoo:NAME"):
+        load_model("what-is-this")
+    with pytest.raises(OptionError, match="shipped model"):
+        load_model("zoo:lenet-mnist")
+
+
+def test_manifest_complete():
+    man = manifest()
+    for name in ("lenet-fmnist", "fc500-150-10-fmnist", "mlp-digits"):
+        e = man[name]
+        assert e["command"].startswith("georobust train ") and len(e["sha256"]) == 64
+        assert {"arch", "data", "seed", "test_accuracy"} <= set(e)
+        meta = json.loads((mio.WEIGHTS_DIR / f"{name}.json").read_text())
+        assert meta["seed"] == e["seed"]
+
+
+def test_mlp_digits_accuracy_recomputed(mlp_digits, digits_test):
+    acc = accuracy(mlp_digits, *digits_test)
+    assert acc >= 0.95
+    assert acc == pytest.approx(manifest()["mlp-digits"]["test_accuracy"], abs=1e-4)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("name,floor", [("lenet-fmnist", 0.90), ("fc500-150-10-fmnist", 0.88)])
+def test_fmnist_models_accuracy_recomputed(name, floor):
+    x, y = data.load("fashion-mnist", "test")
+    acc = accuracy(pretrained(name), x, y)
+    assert acc >= floor
+    assert acc == pytest.approx(manifest()[name]["test_accuracy"], abs=1e-4)
