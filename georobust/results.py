@@ -93,6 +93,8 @@ class AttackResult(_Saveable):
     elapsed: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
     minimal: bool = False  # minimal-perturbation attack: its norms give a whole robustness curve
+    # black-box attacks: (N, C) best L2 norm within params["checkpoints"][c] queries (inf: none found yet)
+    history: torch.Tensor | None = None
 
     # ---- derived quantities -------------------------------------------------------------------------
     @property
