@@ -2,20 +2,52 @@
 
 An objective is a callable ``obj(model, x, y) -> (loss, terms)`` where ``loss`` is the scalar to minimise
 (mean over the batch) and ``terms`` a dict of floats shown in the progress bar and written to the log.
-``model`` is the :class:`~georobust.Classifier` being trained, in training mode; an objective that needs
-an inner attack switches to eval mode for it and back (see the robust objectives).
+``model`` is the :class:`~georobust.Classifier` being trained, in training mode.
+
+Registered objectives (options in each class's docstring):
+
+``standard``          cross-entropy (ERM).
+``adversarial``       PGD adversarial training, L∞ or L2 (Madry et al., ICLR 2018); ``fast=True`` gives
+                      the single-step variant.
+``fast-adversarial``  FGSM with random init, step 1.25·eps (Wong, Rice & Kolter, ICLR 2020).
+``cure``              curvature regularisation (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, CVPR 2019).
+``llr``               local linearity regulariser (Qin et al., NeurIPS 2019).
+``margin``            hinge on the first-order margin ``f(x)/‖∇f(x)‖`` (Elsayed et al., NeurIPS 2018).
+
+Two conventions shared by the robust objectives, chosen once and documented here:
+
+* **Mode of the inner computations.** Inner maximisations (the attack of adversarial training, LLR's
+  search) and the input gradients inside a regulariser are computed with every module in **eval mode**
+  (batch-norm uses its running statistics, dropout is off), then the modules' own modes are restored.
+  In eval mode a sample's input gradient is its own (train-mode batch-norm mixes the samples of a batch,
+  so "per-sample gradient" would not mean anything), the attack never updates the running statistics,
+  and both gradients of CURE are taken from one and the same function. The cross-entropy term is then
+  computed in the model's training mode as in standard training (so batch-norm statistics keep being
+  updated once per batch). For a model with no mode-dependent module (no batch-norm, dropout, ...) the
+  two coincide and a single forward pass serves both.
+* **Randomness** (random starts) comes from torch's global generator on the device of ``x``, which
+  :func:`~georobust.defenses.fit` seeds and stores in each checkpoint, so a resumed run is exact.
+
+Schedules: ``fit`` calls ``obj.set_progress(t, total)`` before each step, with ``t`` the (fractional)
+number of epochs completed after that step and ``total`` the number of epochs; objectives with warm-ups
+(CURE's ``h`` and ``gamma``) derive their current strength from it, so no state needs checkpointing.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import registry
-from ..errors import unknown_name
+from ..attacks._common import attack_loss, bcast, flat_norm, project, steepest_direction
+from ..checks import check_norm, check_positive
+from ..errors import OptionError, unknown_name
 
 
 class Objective(abc.ABC):
@@ -24,13 +56,91 @@ class Objective(abc.ABC):
     name = "objective"
 
     def config(self) -> dict:
-        return {"name": self.name}
+        """The objective's name and options (JSON-serialisable); a resumed run must match it."""
+        opts = {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters
+                if k != "self" and hasattr(self, k)}
+        return {"name": self.name, **opts}
+
+    def set_progress(self, t: float, total: int) -> None:
+        """Called by ``fit`` before each step: ``t`` epochs (fractional) done after it, out of ``total``."""
+        self._t, self._total = float(t), int(total)
 
     @abc.abstractmethod
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor):
         """Return ``(loss, terms)`` for the batch."""
 
 
+# ------------------------------------------------------------------------------------------- helpers
+def mode_dependent(model: nn.Module) -> bool:
+    """Whether ``model`` computes something different in train and eval mode (batch-norm, dropout)."""
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every module of ``model`` in eval mode for the block, then restore each module's own mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """A uniform draw from the ``norm`` ball of radius ``eps`` (global generator, see module doc)."""
+    if norm == "inf":
+        return (torch.rand_like(x) * 2 - 1) * eps
+    # uniform in the L2 ball: a Gaussian direction and a radius eps·u^(1/d)
+    d = x[0].numel()
+    g = torch.randn_like(x)
+    r = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
+    return g * bcast(r / flat_norm(g, "2").clamp_min(1e-12), x)
+
+
+def inner_max(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf", steps: int = 10,
+              step_size: float | None = None, random_start: bool = True) -> torch.Tensor:
+    """The lean inner maximisation of adversarial training: projected gradient ascent of the CE.
+
+    ``δ ← Π_{B(eps)}(δ + α·d(∇_δ CE(x + δ, y)))`` with ``d`` the steepest-ascent direction of the norm
+    (``sign`` for L∞, normalised gradient for L2), clipped to the model's bounds after each step (Madry
+    et al., 2018). Unlike :func:`georobust.attacks.pgd.pgd` it neither validates, verifies nor keeps the
+    best iterate, and it never synchronises with the host: it is the cheap attack run at every training
+    step. The caller chooses the model's mode (the objectives use :func:`eval_mode`). Returns ``x + δ``
+    (detached). ``step_size`` defaults to ``2.5·eps/steps`` (Madry et al.).
+    """
+    lo, hi = model.bounds if hasattr(model, "bounds") else (0.0, 1.0)
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    x = x.detach()
+    if random_start:
+        delta = ((x + _random_start(x, eps, norm)).clamp(lo, hi) - x)
+    else:
+        delta = torch.zeros_like(x)
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, delta)
+            delta = project(delta.detach() + alpha * steepest_direction(g, norm), eps, norm)
+            delta = (x + delta).clamp(lo, hi) - x
+    return (x + delta).detach()
+
+
+def _ramp(final: float, warmup: float, t: float | None) -> float:
+    """Linear warm-up of a strength from 0 to ``final`` over the first ``warmup`` epochs."""
+    if warmup <= 0 or t is None:
+        return final
+    return final * min(1.0, t / warmup)
+
+
+def _check_nonneg(value, name):
+    return check_positive(value, name, allow_zero=True)
+
+
+# ---------------------------------------------------------------------------------------- objectives
 @registry.objectives.register("standard", kind="objective")
 class Standard(Objective):
     """Plain cross-entropy (empirical risk minimisation)."""
@@ -44,16 +154,323 @@ class Standard(Objective):
         return loss, {"ce": float(loss.detach()), "acc": float(acc)}
 
 
+@registry.objectives.register("adversarial", kind="objective", norms=("inf", "2"))
+class Adversarial(Objective):
+    """PGD adversarial training (Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards deep learning models
+    resistant to adversarial attacks", ICLR 2018): minimise ``E max_{‖δ‖≤eps} CE(x + δ, y)``.
+
+    The inner maximisation is :func:`inner_max` run in eval mode (see the module doc). The outer loss is the
+    cross-entropy at the adversarial points, in the model's training mode, plus ``clean_weight`` times the
+    clean cross-entropy (0 = Madry et al.; 0.5 = the mix of Goodfellow et al., 2015).
+
+    Options:
+        eps: radius of the threat model (default 0.1, L∞, images in [0, 1]).
+        norm: ``"inf"`` or ``"2"``.
+        steps: PGD steps (default 10). step_size: default ``2.5·eps/steps``.
+        random_start: start from a uniform point of the ball (default True).
+        fast: the single-step "fast" variant of Wong, Rice & Kolter ("Fast is better than free", ICLR
+            2020): one FGSM step of size ``1.25·eps`` from a uniform random start (overrides ``steps``,
+            ``step_size`` unless given, ``random_start``).
+        clean_weight: weight of the clean cross-entropy added to the adversarial one.
+    """
+
+    name = "adversarial"
+
+    def __init__(self, eps: float = 0.1, norm: str = "inf", steps: int = 10, step_size: float | None = None,
+                 random_start: bool = True, fast: bool = False, clean_weight: float = 0.0):
+        self.eps = float(check_positive(eps, "eps"))
+        self.norm = check_norm(norm)
+        self.fast = bool(fast)
+        if self.fast:
+            steps, random_start = 1, True
+            step_size = 1.25 * self.eps if step_size is None else step_size
+        self.steps = int(check_positive(steps, "steps", integer=True))
+        self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else None
+        self.random_start = bool(random_start)
+        self.clean_weight = float(_check_nonneg(clean_weight, "clean_weight"))
+
+    def __call__(self, model, x, y):
+        with eval_mode(model):
+            x_adv = inner_max(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                              step_size=self.step_size, random_start=self.random_start)
+        logits = model(x_adv)
+        adv = F.cross_entropy(logits, y)
+        loss = adv
+        terms = {"ce_adv": adv.detach(), "acc_adv": (logits.argmax(1) == y).float().mean()}
+        if self.clean_weight > 0:
+            clean = F.cross_entropy(model(x), y)
+            loss = (1 - self.clean_weight) * adv + self.clean_weight * clean
+            terms["ce"] = clean.detach()
+        return loss, {k: float(v) for k, v in terms.items()}
+
+
+@registry.objectives.register("fast-adversarial", kind="objective", norms=("inf", "2"))
+class FastAdversarial(Adversarial):
+    """Fast adversarial training (Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial
+    training", ICLR 2020): :class:`Adversarial` with ``fast=True`` — one FGSM step of ``step_size``
+    (default ``1.25·eps``) from a uniform random start in the ball. Options: eps, norm, step_size."""
+
+    name = "fast-adversarial"
+
+    def __init__(self, eps: float = 0.1, norm: str = "inf", step_size: float | None = None):
+        super().__init__(eps=eps, norm=norm, step_size=step_size, fast=True)
+
+    def config(self) -> dict:
+        return {"name": self.name, "eps": self.eps, "norm": self.norm, "step_size": self.step_size}
+
+
+class _Regularised(Objective):
+    """Shared skeleton: the clean CE in training mode plus a regulariser computed in eval mode."""
+
+    def _clean_and_input(self, model, x, y):
+        """``(xr, logits_reg, ce_vec, logits_train)``: ``xr`` requires grad; ``logits_reg`` are eval-mode
+        logits at ``xr`` (the same tensor as the training logits when the model has no mode-dependent
+        module, so one forward pass serves both)."""
+        xr = x.detach().clone().requires_grad_(True)
+        if not mode_dependent(model):
+            logits = model(xr)
+            return xr, logits, F.cross_entropy(logits, y, reduction="none"), logits
+        logits_train = model(x)
+        with eval_mode(model):
+            logits = model(xr)
+        return xr, logits, F.cross_entropy(logits, y, reduction="none"), logits_train
+
+
+@registry.objectives.register("cure", kind="objective")
+class Cure(_Regularised):
+    """CURE (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, "Robustness via curvature regularization, and vice
+    versa", CVPR 2019): ``CE(x, y) + γ·‖∇ₓℓ(x + h z) − ∇ₓℓ(x)‖²``, a finite-difference estimate of the
+    curvature of the loss along the direction that matters for an L∞ attacker.
+
+    Choices (each one explicit, because implementations differ):
+
+    * ``z = sign(∇ₓℓ(x)) / ‖sign(∇ₓℓ(x))‖₂`` is computed from the current gradient and **held constant**
+      (detached): no gradient flows through ``z``, as in the paper.
+    * ``‖·‖²`` is the squared L2 norm of the difference (the paper's Eq. 5), summed over input dimensions.
+    * **Per sample**: ``ℓ`` is each sample's own cross-entropy; the per-sample losses are *summed* before
+      differentiating, so ``∇ₓℓ`` of sample ``i`` is that sample's gradient, not divided by the batch size
+      (differentiating the batch *mean* would shrink the regulariser by ``1/N²``). The regulariser is
+      then averaged over the batch, like the CE.
+    * **Double backprop**: the gradient difference is built with ``create_graph=True`` so the parameter
+      gradient of the regulariser is exact (second derivatives through the network).
+    * **Mode**: both gradients are taken in eval mode — the same mode for both, so the difference measures
+      the curvature of one function (see the module doc); the CE term is in training mode.
+    * **Schedules**: ``h`` and ``γ`` ramp linearly from 0 to their values over the first ``h_warmup`` and
+      ``gamma_warmup`` epochs (the paper increases ``h`` during the first epochs of fine-tuning).
+
+    Options:
+        gamma: weight γ of the regulariser (default 4.0). h: finite-difference step, an L2 length in input
+            space since ``‖z‖₂ = 1`` (default 1.5: for 28×28 inputs a sign step of L∞ size ≈ 0.054).
+        h_warmup, gamma_warmup: warm-up lengths in epochs (0 = constant; default 1 epoch for h).
+        loss: ``"ce"`` (paper) or ``"cw"`` (the margin ``max_{k≠y} z_k − z_y``, piecewise affine in the
+            logits — with it the regulariser of an affine model is exactly 0).
+    """
+
+    name = "cure"
+
+    def __init__(self, gamma: float = 4.0, h: float = 1.5, h_warmup: float = 1.0, gamma_warmup: float = 0.0,
+                 loss: str = "ce"):
+        self.gamma = float(_check_nonneg(gamma, "gamma"))
+        self.h = float(check_positive(h, "h"))
+        self.h_warmup = float(_check_nonneg(h_warmup, "h_warmup"))
+        self.gamma_warmup = float(_check_nonneg(gamma_warmup, "gamma_warmup"))
+        if loss not in ("ce", "cw"):
+            raise unknown_name("CURE loss", loss, ("ce", "cw"))
+        self.loss = loss
+        self._t: float | None = None
+
+    def current(self) -> tuple[float, float]:
+        """``(h, γ)`` at the current point of the schedule."""
+        return _ramp(self.h, self.h_warmup, self._t), _ramp(self.gamma, self.gamma_warmup, self._t)
+
+    def regulariser(self, model, x, y, h: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample CURE term ``‖∇ₓℓ(x + h z) − ∇ₓℓ(x)‖²`` (differentiable w.r.t. the parameters) and the
+        per-sample loss ``ℓ(x)``, both in eval mode. ``h`` defaults to the scheduled value."""
+        h = self.current()[0] if h is None else h
+        with eval_mode(model):
+            xr = x.detach().clone().requires_grad_(True)
+            return self._reg(model, xr, model(xr), y, h)
+
+    def _reg(self, model, xr, logits, y, h):
+        ell = attack_loss(logits, y, None, self.loss)
+        # one backward over the clean graph gives both ∇ℓ(x) (kept in the graph) and z (detached)
+        (g,) = torch.autograd.grad(ell.sum(), xr, create_graph=True)
+        s = g.detach().sign()
+        z = s / bcast(flat_norm(s, "2").clamp_min(1e-12), s)  # held constant
+        ell_h = attack_loss(model(xr + h * z), y, None, self.loss)
+        (g_h,) = torch.autograd.grad(ell_h.sum(), xr, create_graph=True)
+        return (g_h - g).flatten(1).pow(2).sum(1), ell
+
+    def __call__(self, model, x, y):
+        h, gamma = self.current()
+        xr, logits, ce_vec, logits_train = self._clean_and_input(model, x, y)
+        if mode_dependent(model):
+            with eval_mode(model):
+                reg, _ = self._reg(model, xr, logits, y, h)
+            ce = F.cross_entropy(logits_train, y)
+        else:
+            reg, _ = self._reg(model, xr, logits, y, h)
+            ce = ce_vec.mean()
+        reg = reg.mean()
+        loss = ce + gamma * reg
+        acc = (logits_train.argmax(1) == y).float().mean()
+        return loss, {"ce": float(ce.detach()), "cure": float(reg.detach()), "acc": float(acc), "h": h,
+                      "gamma": gamma}
+
+
+@registry.objectives.register("llr", kind="objective")
+class LocalLinearity(_Regularised):
+    """Local linearity regularisation (Qin, Martens, Gowal, Krishnan, Dvijotham, Fawzi, De, Stanforth &
+    Kohli, "Adversarial robustness through local linearization", NeurIPS 2019).
+
+    ``g(δ; x) = |ℓ(x + δ) − ℓ(x) − δᵀ∇ₓℓ(x)|`` measures how far the loss is from its first-order Taylor
+    model; ``γ(eps, x) = max_{‖δ‖∞ ≤ eps} g(δ; x)`` is found by ``steps`` projected sign-gradient ascent
+    steps of size ``step_size`` from a random start (eval mode; ``∇ₓℓ(x)`` held constant during the
+    search). The loss is the paper's Eq. 8::
+
+        CE(x, y) + λ·γ(eps, x) + μ·|δ_LLRᵀ ∇ₓℓ(x)|
+
+    with ``δ_LLR`` the maximiser; ``∇ₓℓ(x)`` is kept in the graph (double backprop) for the outer step.
+
+    Options: eps (default 0.1), steps (default 2), step_size (default ``2.5·eps/steps``... capped at eps),
+    lam λ (default 4.0), mu μ (default 3.0) — the paper's CIFAR-10 weights.
+    """
+
+    name = "llr"
+
+    def __init__(self, eps: float = 0.1, steps: int = 2, step_size: float | None = None, lam: float = 4.0,
+                 mu: float = 3.0):
+        self.eps = float(check_positive(eps, "eps"))
+        self.steps = int(check_positive(steps, "steps", integer=True))
+        self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else None
+        self.lam = float(_check_nonneg(lam, "lam"))
+        self.mu = float(_check_nonneg(mu, "mu"))
+
+    def _terms(self, model, xr, logits, y):
+        lo, hi = model.bounds if hasattr(model, "bounds") else (0.0, 1.0)
+        ell = F.cross_entropy(logits, y, reduction="none")
+        (g,) = torch.autograd.grad(ell.sum(), xr, create_graph=True)
+        x0, g0, ell0 = xr.detach(), g.detach(), ell.detach()
+        alpha = min(self.eps, 2.5 * self.eps / self.steps) if self.step_size is None else self.step_size
+        delta = (x0 + _random_start(x0, self.eps, "inf")).clamp(lo, hi) - x0
+        for _ in range(self.steps):  # maximise g(δ) with the Taylor model frozen
+            delta.requires_grad_(True)
+            ell_d = F.cross_entropy(model(x0 + delta), y, reduction="none")
+            lin = ell0 + (delta * g0).flatten(1).sum(1)
+            (gd,) = torch.autograd.grad((ell_d - lin).abs().sum(), delta)
+            delta = project(delta.detach() + alpha * gd.sign(), self.eps, "inf")
+            delta = (x0 + delta).clamp(lo, hi) - x0
+        delta = delta.detach()
+        ell_d = F.cross_entropy(model(xr + delta), y, reduction="none")
+        first = (delta * g).flatten(1).sum(1)
+        gamma = (ell_d - ell - first).abs()
+        return gamma, first.abs()
+
+    def __call__(self, model, x, y):
+        xr, logits, ce_vec, logits_train = self._clean_and_input(model, x, y)
+        if mode_dependent(model):
+            with eval_mode(model):
+                gamma, first = self._terms(model, xr, logits, y)
+            ce = F.cross_entropy(logits_train, y)
+        else:
+            gamma, first = self._terms(model, xr, logits, y)
+            ce = ce_vec.mean()
+        loss = ce + self.lam * gamma.mean() + self.mu * first.mean()
+        acc = (logits_train.argmax(1) == y).float().mean()
+        return loss, {"ce": float(ce.detach()), "llr": float(gamma.mean().detach()),
+                      "grad_term": float(first.mean().detach()), "acc": float(acc)}
+
+
+@registry.objectives.register("margin", kind="objective", norms=("2",))
+class Margin(_Regularised):
+    """Maximum-margin regulariser on the first-order margin (Elsayed, Krishnan, Mobahi, Regan & Bengio,
+    "Large margin deep networks", NeurIPS 2018; the seed's slide "distance to the boundary ≈ |f(x)|/‖∇f(x)‖").
+
+    With ``f(x) = z_y(x) − z_k(x)``, ``k`` the highest other logit, the L2 distance to the nearest decision
+    boundary is approximated to first order by ``d(x) = f(x) / ‖∇ₓf(x)‖₂`` (the DeepFool / linearised
+    distance). We keep the sign (negative for a misclassified input, as Elsayed et al. do), so a
+    misclassified input is pushed towards the right side rather than away from the boundary. The loss::
+
+        CE(x, y) + λ · mean_i max(0, target − d_i)
+
+    ``∇ₓf`` stays in the graph (double backprop), so the parameter gradient accounts for the change of the
+    gradient norm, as in Elsayed et al. Computed in eval mode (module doc).
+
+    Options: target — the desired L2 margin (default 1.0); lam λ (default 0.1).
+    """
+
+    name = "margin"
+
+    def __init__(self, target: float = 1.0, lam: float = 0.1):
+        self.target = float(check_positive(target, "target"))
+        self.lam = float(_check_nonneg(lam, "lam"))
+
+    def margins(self, model, x, y) -> torch.Tensor:
+        """The signed first-order margins ``d_i`` (eval mode, differentiable w.r.t. the parameters)."""
+        with eval_mode(model):
+            xr = x.detach().clone().requires_grad_(True)
+            return self._margins(xr, model(xr), y)
+
+    @staticmethod
+    def _margins(xr, logits, y):
+        f = -attack_loss(logits, y, None, "cw")  # z_y − max_{k≠y} z_k
+        (g,) = torch.autograd.grad(f.sum(), xr, create_graph=True)
+        return f / flat_norm(g, "2").clamp_min(1e-12)
+
+    def __call__(self, model, x, y):
+        xr, logits, ce_vec, logits_train = self._clean_and_input(model, x, y)
+        if mode_dependent(model):
+            with eval_mode(model):
+                d = self._margins(xr, logits, y)
+            ce = F.cross_entropy(logits_train, y)
+        else:
+            d = self._margins(xr, logits, y)
+            ce = ce_vec.mean()
+        hinge = F.relu(self.target - d).mean()
+        loss = ce + self.lam * hinge
+        acc = (logits_train.argmax(1) == y).float().mean()
+        return loss, {"ce": float(ce.detach()), "hinge": float(hinge.detach()),
+                      "margin_median": float(d.detach().median()), "acc": float(acc)}
+
+
 def make_objective(name: str | Objective, **options) -> Objective:
-    """An objective by name with its options (unknown options are an error), or pass one through."""
+    """An objective by name with its options (unknown options are an error), or pass one through.
+
+    Option values given as strings (from the command line ``-O key=value``) are converted to the type of
+    the option's default (``"0.1"`` → 0.1, ``"true"`` → True).
+    """
     if isinstance(name, Objective):
         if options:
             raise TypeError("options given together with an Objective instance")
         return name
     entry = registry.objectives.get(name)
     sig = inspect.signature(entry.fn.__init__)
-    known = {k for k in sig.parameters if k != "self"}
-    for k in options:
+    known = {k: p for k, p in sig.parameters.items() if k != "self"}
+    for k, v in list(options.items()):
         if k not in known:
             raise unknown_name(f"option of objective {name!r}", k, known or {"(none)"})
+        options[k] = _coerce(k, v, known[k].default)
     return entry.fn(**options)
+
+
+def _coerce(key: str, value, default):
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    low = value.strip().lower()
+    if isinstance(default, bool):
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise OptionError(f"option {key} expects true/false, got {value!r}")
+    if low in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, int):
+            return int(low)
+        v = float(low)
+        return v if math.isfinite(v) else value
+    except ValueError:
+        if key == "norm":
+            return value
+        raise OptionError(f"option {key} expects a number, got {value!r}") from None

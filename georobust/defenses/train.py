@@ -21,7 +21,7 @@ import torch
 from ..checks import check_labels, check_positive, check_x
 from ..errors import CheckpointError, OptionError, unknown_name
 from ..models.classifier import Classifier, as_classifier
-from .objectives import Objective, make_objective
+from .objectives import Objective, eval_mode, inner_max, make_objective
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,21 @@ def evaluate_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch
     return correct / x.shape[0]
 
 
+def robust_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+                    steps: int = 10, batch_size: int = 512) -> float:
+    """Accuracy under a ``steps``-step PGD of radius ``eps`` (no random start: deterministic, consumes no
+    randomness), in eval mode — the cheap per-epoch robustness signal of :func:`fit`. An upper bound on
+    the true robust accuracy; use :func:`georobust.attacks.pgd.pgd` with restarts for a real evaluation."""
+    correct = 0
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xa = inner_max(model, xb, yb, eps=eps, norm=norm, steps=steps, random_start=False)
+            with torch.inference_mode():
+                correct += int((model(xa).argmax(1) == yb).sum())
+    return correct / x.shape[0]
+
+
 def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | Objective = "standard", *,
         epochs: int = 10, optimizer: str = "adam", lr: float = 1e-3, schedule: str = "cosine",
         weight_decay: float = 0.0, momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
@@ -76,7 +91,7 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, robust_eps: float | None = None,
         robust_limit: int = 500, objective_options: dict | None = None,
         on_step: Callable[[int, int, int, dict], None] | None = None,
-        stop_after_epoch: int | None = None) -> History:
+        stop_after_epoch: int | None = None, robust_steps: int = 10) -> History:
     """Train ``model`` in place on ``train_data`` with ``objective``; return the per-epoch history.
 
     Args:
@@ -84,8 +99,10 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
         optimizer, lr, schedule, weight_decay, momentum: optimisation (schedule stepped per batch).
         checkpoint_dir: where ``checkpoint.pt`` (after each epoch) and ``log.jsonl`` go.
         resume: continue from ``checkpoint_dir/checkpoint.pt`` (an error if the settings differ).
-        eval_data: ``(x, y)`` for per-epoch clean accuracy; with ``robust_eps`` also the FGSM L∞
-            robust accuracy on its first ``robust_limit`` samples (a cheap robustness signal).
+        eval_data: ``(x, y)`` for per-epoch clean accuracy; with ``robust_eps`` also the L∞ robust
+            accuracy under a ``robust_steps``-step PGD (no random start, so deterministic; the lean
+            :func:`~georobust.defenses.objectives.inner_max`) on its first ``robust_limit`` samples — a
+            cheap robustness signal, logged as ``pgd{robust_steps}_robust_accuracy@{eps}``.
         on_step: ``on_step(epoch, step, steps_per_epoch, terms)`` after each batch (progress bars).
         stop_after_epoch: stop (as if killed) after this epoch — for tests of resume.
     """
@@ -96,6 +113,9 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
     check_positive(epochs, "epochs", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
     check_positive(lr, "lr")
+    check_positive(robust_steps, "robust_steps", integer=True)
+    if robust_eps is not None:
+        check_positive(robust_eps, "robust_eps")
     if optimizer not in OPTIMIZERS:
         raise unknown_name("optimizer", optimizer, OPTIMIZERS)
     if schedule not in SCHEDULES:
@@ -129,11 +149,14 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
         sched.load_state_dict(state["schedule"])
         gen.set_state(state["gen_state"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         history.epochs = json.loads(state["history"])
         start_epoch = int(state["epoch"])
         log.info("resuming from epoch %d of %d", start_epoch, epochs)
 
     device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs):
         model.train()
         t0 = time.perf_counter()
@@ -142,11 +165,12 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
         for step in range(steps_per_epoch):
             idx = perm[step * batch_size:(step + 1) * batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
+            obj.set_progress(epoch + (step + 1) / steps_per_epoch, epochs)
             loss, terms = obj(model, xb, yb)
             if not torch.isfinite(loss):
                 raise OptionError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(inputs=params)  # not into inputs that an objective differentiated (CURE, LLR, ...)
             opt.step()
             sched.step()
             for k, v in terms.items():
@@ -161,10 +185,8 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
             ex, ey = eval_data[0].to(device), eval_data[1].to(device)
             rec["test_accuracy"] = evaluate_accuracy(model, ex, ey)
             if robust_eps is not None:
-                from ..attacks.fgsm import fgsm
-
-                r = fgsm(model, ex[:robust_limit], ey[:robust_limit], eps=robust_eps)
-                rec[f"fgsm_robust_accuracy@{robust_eps:g}"] = r.robust_accuracy([robust_eps], "inf")[0]
+                rec[f"pgd{robust_steps}_robust_accuracy@{robust_eps:g}"] = robust_accuracy(
+                    model, ex[:robust_limit], ey[:robust_limit], eps=robust_eps, steps=robust_steps)
         history.epochs.append(rec)
         log.info("epoch %d/%d: %s", epoch + 1, epochs, rec)
         if ckpt_dir is not None:
@@ -174,6 +196,8 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
                      "schedule": sched.state_dict(), "gen_state": gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
                      "history": json.dumps(history.epochs), "settings": json.dumps(settings)}
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
             tmp = ckpt.with_suffix(".tmp")
             torch.save(state, tmp)
             tmp.replace(ckpt)

@@ -1,0 +1,240 @@
+"""Training objectives: closed forms on affine models, a finite-difference check of CURE's gradient, the
+batch-norm convention, and each objective lowering its own loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from georobust import Classifier, build, data, fit
+from georobust.defenses.objectives import (
+    Adversarial,
+    Cure,
+    FastAdversarial,
+    LocalLinearity,
+    Margin,
+    eval_mode,
+    inner_max,
+    make_objective,
+)
+from georobust.errors import OptionError
+
+
+def _ce_grad_affine(clf, x, y):
+    """∇ₓ CE(Wx + b, y) = Wᵀ(softmax − e_y), per sample, in closed form."""
+    w = clf.module.w.detach()
+    p = torch.softmax(clf(x).detach(), 1)
+    return (p - F.one_hot(y, p.shape[1]).float()) @ w
+
+
+def _labels(n, k=5, seed=3):
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_inner_max_steps_equal_hand_computed_pgd(affine, affine_data, norm):
+    x, y = affine_data, _labels(64)
+    eps, alpha = (0.05, 0.02) if norm == "inf" else (0.5, 0.2)
+    xk = x.clone()
+    for _ in range(2):  # two hand-computed PGD steps
+        g = _ce_grad_affine(affine, xk, y)
+        d = g.sign() if norm == "inf" else g / g.norm(dim=1, keepdim=True)
+        delta = xk + alpha * d - x
+        if norm == "inf":
+            delta = delta.clamp(-eps, eps)
+        else:
+            delta = delta * torch.clamp(eps / delta.norm(dim=1, keepdim=True), max=1.0)
+        xk = (x + delta).clamp(0, 1)
+    got = inner_max(affine, x, y, eps=eps, norm=norm, steps=2, step_size=alpha, random_start=False)
+    assert torch.allclose(got, xk, atol=1e-6)
+    assert not got.requires_grad
+
+
+def test_inner_max_random_start_stays_in_ball_and_bounds(affine):
+    x = torch.rand(64, 20, generator=torch.Generator().manual_seed(0))
+    y = _labels(64)
+    for norm, eps in (("inf", 0.1), ("2", 0.7)):
+        torch.manual_seed(0)
+        xa = inner_max(affine, x, y, eps=eps, norm=norm, steps=3)
+        n = (xa - x).abs().amax(1) if norm == "inf" else (xa - x).norm(dim=1)
+        assert float(n.max()) <= eps + 1e-5
+        assert float(xa.min()) >= 0 and float(xa.max()) <= 1
+    # the step raises the loss of every sample on an affine model (gradient ascent on a convex function)
+    xa = inner_max(affine, x, y, eps=0.05, steps=5, random_start=False)
+    assert (F.cross_entropy(affine(xa), y, reduction="none") >= F.cross_entropy(affine(x), y, reduction="none")).all()
+
+
+def test_adversarial_loss_is_ce_at_the_inner_maximiser(affine, affine_data):
+    x, y = affine_data, _labels(64)
+    obj = Adversarial(eps=0.05, steps=3, random_start=False)
+    loss, terms = obj(affine, x, y)
+    xa = inner_max(affine, x, y, eps=0.05, steps=3, random_start=False)
+    assert float(loss.detach()) == pytest.approx(float(F.cross_entropy(affine(xa), y).detach()), rel=1e-6)
+    assert terms["ce_adv"] == pytest.approx(float(loss.detach()))
+    fast = FastAdversarial(eps=0.1)
+    assert (fast.steps, fast.step_size, fast.random_start) == (1, pytest.approx(0.125), True)
+    assert Adversarial(eps=0.1, fast=True).steps == 1
+
+
+class _BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["adversarial", "cure", "llr", "margin"])
+def test_inner_computations_in_eval_mode_modes_restored(name):
+    """The attack/regulariser runs in eval mode; batch-norm statistics are updated once per training step
+    (by the CE forward only) and every module's mode is restored."""
+    torch.manual_seed(0)
+    clf = Classifier(_BNNet())
+    clf.train()
+    bn = clf.module.net[2]
+    x, y = torch.rand(32, 1, 8, 8), _labels(32, 10)
+    loss, _ = make_objective(name)(clf, x, y)
+    assert int(bn.num_batches_tracked) == 1
+    assert all(m.training for m in clf.modules())
+    assert torch.isfinite(loss)
+
+
+def test_eval_mode_restores_mixed_modes():
+    clf = Classifier(_BNNet())
+    clf.train()
+    clf.module.net[4].eval()
+    with eval_mode(clf):
+        assert not any(m.training for m in clf.modules())
+    assert clf.module.net[2].training and not clf.module.net[4].training
+
+
+# ----------------------------------------------------------------------------------------------- CURE
+def test_cure_term_closed_form_on_affine_model_per_sample(affine, affine_data):
+    """For f = Wx + b: ∇ℓ(x) = Wᵀ(p(x) − e_y), so the term is ‖Wᵀ(p(x + h z) − p(x))‖² with
+    z = sign(∇ℓ)/√d — per sample, not divided by the batch size."""
+    x, y = affine_data, _labels(64)
+    h = 0.3
+    g = _ce_grad_affine(affine, x, y)
+    z = g.sign() / math.sqrt(x.shape[1])
+    expect = (_ce_grad_affine(affine, x + h * z, y) - g).pow(2).sum(1)
+    reg, _ = Cure(h=h).regulariser(affine, x, y)
+    assert torch.allclose(reg.detach(), expect, rtol=1e-4, atol=1e-7)
+    reg1, _ = Cure(h=h).regulariser(affine, x[:1], y[:1])  # a batch of one gives the same value
+    assert float(reg1) == pytest.approx(float(reg[0]), rel=1e-5)
+    assert float(expect.min()) > 0  # the CE of an affine model is curved: the term is not trivially zero
+
+
+def test_cure_term_zero_for_affine_model_with_affine_loss(affine, affine_data):
+    """With the margin loss (affine in the logits), an affine model has a constant input gradient."""
+    x, y = affine_data, _labels(64)
+    reg, _ = Cure(h=1e-3, loss="cw").regulariser(affine, x, y)
+    assert float(reg.abs().max()) == 0.0
+
+
+def test_cure_parameter_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.rand(5, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    cure = Cure(h=0.5)
+
+    def term():
+        return cure.regulariser(net, x, y)[0].mean()
+
+    params = list(net.parameters())
+    grads = torch.autograd.grad(term(), params)
+    step = 1e-6
+    for p, g in zip(params, grads):
+        flat = p.data.view(-1)
+        for i in range(0, flat.numel(), max(1, flat.numel() // 7)):
+            old = flat[i].item()
+            flat[i] = old + step
+            up = term().item()
+            flat[i] = old - step
+            down = term().item()
+            flat[i] = old
+            assert g.view(-1)[i].item() == pytest.approx((up - down) / (2 * step), rel=1e-4, abs=1e-8)
+
+
+def test_cure_schedule_ramps_h_and_gamma():
+    c = Cure(gamma=2.0, h=1.0, h_warmup=2.0, gamma_warmup=1.0)
+    c.set_progress(0.5, 4)
+    assert c.current() == (pytest.approx(0.25), pytest.approx(1.0))
+    c.set_progress(3.0, 4)
+    assert c.current() == (1.0, 2.0)
+
+
+# ----------------------------------------------------------------------------------------- LLR, margin
+def test_margin_equals_exact_distance_on_affine_model(affine, affine_data):
+    """On an affine model the first-order margin is exact: (z_y − z_k)/‖w_y − w_k‖ for the runner-up k."""
+    x = affine_data
+    logits = affine(x).detach()
+    y = logits.argmax(1)
+    k = logits.clone().scatter_(1, y[:, None], -math.inf).argmax(1)
+    w = affine.module.w.detach()
+    expect = (logits.gather(1, y[:, None]) - logits.gather(1, k[:, None])).squeeze(1) / (w[y] - w[k]).norm(dim=1)
+    d = Margin().margins(affine, x, y)
+    assert torch.allclose(d.detach(), expect, rtol=1e-5)
+
+
+def test_llr_search_increases_nonlinearity(affine, affine_data):
+    x, y = affine_data, _labels(64)
+    torch.manual_seed(0)
+    llr0 = LocalLinearity(eps=0.1, steps=1, step_size=1e-9)
+    torch.manual_seed(0)
+    llr5 = LocalLinearity(eps=0.1, steps=5)
+    _, t0 = llr0(affine, x, y)
+    torch.manual_seed(0)
+    _, t5 = llr5(affine, x, y)
+    assert t5["llr"] > t0["llr"] > 0
+
+
+# ------------------------------------------------------------------------------ options and training
+def test_make_objective_options_and_errors():
+    obj = make_objective("adversarial", eps="0.2", steps="3", random_start="false", norm="2")
+    assert (obj.eps, obj.steps, obj.random_start, obj.norm) == (0.2, 3, False, "2")
+    assert obj.config()["name"] == "adversarial" and obj.config()["eps"] == 0.2
+    with pytest.raises(OptionError, match="Did you mean 'eps'"):
+        make_objective("adversarial", epss=0.1)
+    with pytest.raises(OptionError, match="eps"):
+        make_objective("adversarial", eps=-1)
+    with pytest.raises(OptionError):
+        make_objective("cure", loss="mse")
+    with pytest.raises(OptionError):
+        make_objective("adversarial", norm="1")
+    with pytest.raises(OptionError, match="unknown objective"):
+        make_objective("curee")
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    return data.load("digits", "train")
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("standard", {}), ("adversarial", {"eps": 0.1, "steps": 3}), ("fast-adversarial", {"eps": 0.1}),
+    ("cure", {"h": 0.5, "h_warmup": 0.0}), ("llr", {"eps": 0.1}), ("margin", {"target": 0.5, "lam": 1.0}),
+])
+def test_each_objective_lowers_its_own_loss(digits_train, name, opts):
+    x, y = digits_train
+    xb, yb = x[:256], y[:256]
+    model = Classifier(build("mlp", (1, 8, 8), 10, seed=0))
+    obj = make_objective(name, **opts)
+
+    def own_loss():
+        torch.manual_seed(123)
+        model.train()
+        loss, _ = obj(model, xb, yb)
+        model.eval()
+        return float(loss)
+
+    before = own_loss()
+    fit(model, (x, y), obj, epochs=5, lr=1e-2, seed=0)
+    after = own_loss()
+    assert after < 0.6 * before, (before, after)
