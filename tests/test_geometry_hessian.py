@@ -110,10 +110,14 @@ def test_averaged_operator_matches_mean_of_dense():
 def test_tangent_projection():
     a, x, fn = _quadratic(n=2, d=15, seed=5)
     nvec = torch.nn.functional.normalize(torch.randn(2, 15, dtype=torch.float64), dim=1)
-    p = torch.eye(15, dtype=torch.float64) - nvec[:, :, None] * nvec[:, None, :]
-    ref = torch.linalg.eigvalsh(p @ a @ p).flip(1)
-    e = hessian_eigs(fn, x, k=4, steps=15, project=nvec)
-    assert torch.allclose(e.values, ref[:, :4], atol=1e-8)
+    # an orthonormal basis of the tangent space n^perp, and the Hessian restricted to it
+    q = torch.linalg.qr(torch.cat([nvec[:, :, None], torch.randn(2, 15, 14, dtype=torch.float64)], 2))[0][:, :, 1:]
+    ref = torch.linalg.eigvalsh(q.transpose(1, 2) @ a @ q)
+    e = hessian_eigs(fn, x, k=4, steps=14, project=nvec, vectors=True)
+    assert torch.allclose(e.values, ref.flip(1)[:, :4], atol=1e-8)
+    assert (e.vectors @ nvec[:, :, None]).abs().max() < 1e-10  # principal directions are tangent
+    e = hessian_eigs(fn, x, k=3, steps=14, project=nvec, which="smallest")
+    assert torch.allclose(e.values, ref[:, :3], atol=1e-8)
 
 
 def test_affine_model_has_zero_hessian(affine, affine_data):

@@ -45,7 +45,7 @@ class LossFn:
     """``x ↦ CE(model(x), y)`` per sample (the loss whose input Hessian CURE's curvature profile studies)."""
 
     def __init__(self, model, y: torch.Tensor):
-        self.model, self.y = model, y
+        self.model, self.y = model, y.clone()  # a clone is never an inference tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.model(x), self.y, reduction="none")
@@ -59,7 +59,7 @@ class LogitDiffFn:
     """``x ↦ f_k(x) − f_l(x)`` per sample; its zero set is the boundary between classes ``k`` and ``l``."""
 
     def __init__(self, model, k: torch.Tensor, l: torch.Tensor):  # noqa: E741
-        self.model, self.k, self.l = model, k, l
+        self.model, self.k, self.l = model, k.clone(), l.clone()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model(x)
@@ -94,6 +94,14 @@ def _padded(fn: ScalarFn, z: torch.Tensor, idx: slice, x: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------ HVPs
+def gradient(fn: ScalarFn, x: torch.Tensor) -> torch.Tensor:
+    """``∇φ_i(x_i)`` for every sample (one backward of the summed per-sample values)."""
+    with torch.enable_grad():
+        xr = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(xr).sum(), xr)
+    return g.detach()
+
+
 class HVP:
     """Batched Hessian-vector products of a per-sample scalar function ``fn`` at ``x`` (double backward).
 
@@ -178,7 +186,8 @@ def _orth(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def lanczos(matvec: MatVec, n: int, d: int, *, k: int = 10, which: str = "largest", steps: int | None = None,
             vectors: bool = False, generator: torch.Generator | None = None, seed: int | None = 0,
-            device=None, dtype=torch.float32, tol: float | None = None) -> Eigen:
+            device=None, dtype=torch.float32, tol: float | None = None,
+            deflate: torch.Tensor | None = None) -> Eigen:
     """Extreme eigenpairs of ``n`` symmetric ``d × d`` operators at once (Lanczos, full re-orthogonalisation).
 
     Args:
@@ -191,21 +200,31 @@ def lanczos(matvec: MatVec, n: int, d: int, *, k: int = 10, which: str = "larges
         tol: a step whose residual norm falls below ``tol · max(|α|, β)`` counts as a breakdown: the sample
             restarts with a fresh random vector orthogonal to the basis, coupled by ``β = 0``. Default
             ``1e-10`` in float64, ``1e-5`` in float32 (round-off of the products).
+        deflate: ``(n, j, d)`` orthonormal vectors per operator kept out of the Krylov space (the operator is
+            then studied on their orthogonal complement, which it must leave invariant — e.g. ``P H P`` on a
+            tangent space); at most ``d − j`` steps.
     """
     check_positive(k, "k", integer=True)
     if which not in ("largest", "smallest", "magnitude"):
         raise OptionError(f"which must be 'largest', 'smallest' or 'magnitude', got {which!r}")
     if tol is None:
         tol = 1e-10 if dtype == torch.float64 else 1e-5
-    k = min(k, d)
-    m = min(d, steps if steps is not None else max(2 * k + 20, 40))
+    dim = d - (0 if deflate is None else deflate.shape[1])
+    k = min(k, dim)
+    m = min(dim, steps if steps is not None else max(2 * k + 20, 40))
     m = max(m, k)
     if generator is None:
         generator = torch.Generator(device=device or "cpu")
         generator.manual_seed(0 if seed is None else seed)
 
     def rand() -> torch.Tensor:
-        return torch.randn(n, d, generator=generator, device=generator.device, dtype=dtype).to(device)
+        r = torch.randn(n, d, generator=generator, device=generator.device, dtype=dtype).to(device)
+        return r if deflate is None else _orth(r, deflate.to(device, dtype))
+
+    def orth(w: torch.Tensor, j: int) -> torch.Tensor:
+        if deflate is not None:
+            w = _orth(w, deflate.to(device, dtype))
+        return _orth(w, q[:, : j + 1])
 
     q = torch.zeros(n, m, d, device=device, dtype=dtype)
     alpha = torch.zeros(n, m, device=device, dtype=torch.float64)
@@ -220,11 +239,11 @@ def lanczos(matvec: MatVec, n: int, d: int, *, k: int = 10, which: str = "larges
         alpha[:, j] = a.double()
         if j == m - 1:
             break
-        w = _orth(w, q[:, : j + 1])
+        w = orth(w, j)
         b = w.norm(dim=1)
         scale = torch.maximum(scale, torch.maximum(a.double().abs(), b.double()))
         broken = b.double() <= tol * scale.clamp_min(1e-30)
-        r = _orth(rand(), q[:, : j + 1])
+        r = orth(rand(), j)
         r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-30)
         q[:, j + 1] = torch.where(broken[:, None], r, w / b.clamp_min(1e-30)[:, None])
         beta[:, j] = torch.where(broken, torch.zeros_like(b), b).double()
@@ -254,11 +273,12 @@ def hessian_eigs(fn: ScalarFn, x: torch.Tensor, *, k: int = 10, which: str = "la
     """Top-/bottom-``k`` eigenpairs of the input Hessian ``∇²φ_i(x_i)`` of every sample, batched.
 
     ``project`` (``(N, d)`` unit vectors ``n_i``) restricts each Hessian to the orthogonal complement of
-    ``n_i``: the operator ``P H P`` with ``P = I − n nᵀ`` (the tangent space of a level set, as the principal
-    curvatures need). Its eigenvector ``n_i`` itself gets the eigenvalue 0.
+    ``n_i``: the operator ``P H P`` with ``P = I − n nᵀ`` on the tangent space of a level set (as the principal
+    curvatures need); ``n_i`` is deflated, so the ``d − 1`` eigenvalues are those of the tangent space only.
     """
     h = HVP(fn, x)
     d = x[0].numel()
+    nvec = None
     if project is None:
         mv = h.flat
     else:
@@ -269,8 +289,9 @@ def hessian_eigs(fn: ScalarFn, x: torch.Tensor, *, k: int = 10, which: str = "la
 
         def mv(v):
             return proj(h.flat(proj(v)))
+    deflate = None if project is None else nvec[:, None, :]
     return lanczos(mv, x.shape[0], d, k=k, which=which, steps=steps, vectors=vectors, seed=seed,
-                   generator=generator, device=x.device, dtype=x.dtype)
+                   generator=generator, device=x.device, dtype=x.dtype, deflate=deflate)
 
 
 def dense_hessian(fn: ScalarFn, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,198 @@
+"""Boundary points and boundary normals, and the correlations of the normals (the "flat model").
+
+Moosavi-Dezfooli, Fawzi, Fawzi, Frossard & Soatto, "Robustness of classifiers to universal perturbations: a
+geometric perspective", ICLR 2018 (and "Universal adversarial perturbations", CVPR 2017, §4): the unit normals
+to the decision boundary at points ``x + r*(x)`` near many inputs are strongly correlated — the matrix of
+normals has a fast-decaying singular value spectrum, unlike random unit vectors — so random vectors drawn from
+the span of the top singular vectors fool the classifier far more often than isotropic random vectors of the
+same norm.
+
+:func:`boundary_points` (DeepFool, then a bisection on the segment ``[x, x_adv]`` that puts the point on the
+boundary to ``2⁻ᵇ·‖r‖``) and :func:`boundary_normals` (the gradient of ``f_l − f_k̂`` there, normalised) are
+the building blocks of the curvature, cross-section and universal-perturbation analyses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .. import registry
+from ..attacks._common import bcast
+from ..attacks.deepfool import deepfool_batch
+from ..checks import check_positive, predict, prepare
+from ..errors import OptionError
+from ..results import _Saveable
+from .hessian import gradient, logit_diff_fn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BoundaryPoints(_Saveable):
+    """Per sample: the boundary point ``x_b = x + r``, ``r``, the class ``k̂`` attacked, the class ``l`` on the
+    other side, and whether DeepFool converged (non-converged samples keep ``r = 0`` and ``x_b = x``)."""
+
+    x: torch.Tensor
+    point: torch.Tensor
+    r: torch.Tensor
+    orig: torch.Tensor
+    other: torch.Tensor
+    converged: torch.Tensor
+
+    @property
+    def r_norm(self) -> torch.Tensor:
+        return self.r.flatten(1).norm(dim=1)
+
+
+def boundary_points(model, x, y=None, *, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
+                    clip: bool = False, bisection: int = 25, batch_size: int = 512) -> BoundaryPoints:
+    """Points on the decision boundary next to ``x``: DeepFool's ``x + (1+η)·r_tot``, then ``bisection`` halvings
+    of the segment from ``x`` so that the point lies on the boundary (on the adversarial side, within
+    ``2^-bisection`` of the segment's length).
+
+    ``clip=False`` (default) is the paper's unconstrained DeepFool — geometry is a property of the function,
+    the box does not bend the boundary; ``clip=True`` keeps every point inside the model's bounds. Samples
+    the model misclassifies (labels given) are attacked from their predicted class like the others.
+    """
+    check_positive(bisection, "bisection", integer=True, allow_zero=True)
+    check_positive(batch_size, "batch_size", integer=True)
+    clf, x, y, _, _, pred = prepare(model, x, y)
+    pts, rs, others, conv = [], [], [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size]
+        out = deepfool_batch(clf, xb, norm="2", overshoot=float(overshoot), max_iter=max_iter,
+                             candidates=candidates, clip=clip)
+        step = out.x_adv - xb
+        lo_t = torch.zeros(xb.shape[0], device=x.device, dtype=x.dtype)
+        hi_t = torch.ones_like(lo_t)
+        for _ in range(bisection):
+            mid = 0.5 * (lo_t + hi_t)
+            lab = predict(clf, xb + bcast(mid, xb) * step)
+            crossed = lab != out.orig
+            hi_t = torch.where(crossed, mid, hi_t)
+            lo_t = torch.where(crossed, lo_t, mid)
+        hi_t = torch.where(out.converged, hi_t, torch.zeros_like(hi_t))
+        r = bcast(hi_t, xb) * step
+        p = xb + r
+        lab = predict(clf, p)
+        pts.append(p)
+        rs.append(r)
+        others.append(torch.where(out.converged, lab, out.boundary_class))
+        conv.append(out.converged & (lab != out.orig))
+    bp = BoundaryPoints(x=x, point=torch.cat(pts), r=torch.cat(rs), orig=pred.clone(), other=torch.cat(others).clone(),
+                        converged=torch.cat(conv))
+    log.info("boundary points: %d/%d converged, median ‖r‖ %.4g", int(bp.converged.sum()), x.shape[0],
+             float(bp.r_norm[bp.converged].median()) if bool(bp.converged.any()) else float("nan"))
+    return bp
+
+
+def boundary_function(model, bp: BoundaryPoints):
+    """The scalar function ``φ = f_k̂ − f_l`` per sample whose zero set is the boundary at ``bp.point``."""
+    return logit_diff_fn(model, bp.orig, bp.other)
+
+
+@dataclass
+class Normals(_Saveable):
+    """Unit boundary normals ``(N, d)`` (pointing from ``x`` towards the other class), at ``points``."""
+
+    normals: torch.Tensor
+    points: torch.Tensor
+    r_norm: torch.Tensor
+    grad_norm: torch.Tensor
+    orig: torch.Tensor
+    other: torch.Tensor
+    converged: torch.Tensor
+
+
+def boundary_normals(model, x, y=None, *, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
+                     clip: bool = False, batch_size: int = 512) -> Normals:
+    """Unit normals to the decision boundary at the DeepFool boundary points of ``x`` (ICLR 2018, §3):
+    ``n = ∇(f_l − f_k̂)/‖∇(f_l − f_k̂)‖`` at ``x + r*``, for every sample, batched. Non-converged samples
+    (and misclassified ones alike) are flagged in ``converged``; their normal is the gradient at ``x``."""
+    bp = boundary_points(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
+                         batch_size=batch_size)
+    clf = prepare(model, x[:1])[0]
+    grads = []
+    for i in range(0, x.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        fn = logit_diff_fn(clf, bp.other[sl], bp.orig[sl])
+        grads.append(gradient(fn, bp.point[sl]).flatten(1))
+    g = torch.cat(grads)
+    gn = g.norm(dim=1)
+    return Normals(normals=g / gn.clamp_min(1e-30)[:, None], points=bp.point, r_norm=bp.r_norm, grad_norm=gn,
+                   orig=bp.orig, other=bp.other, converged=bp.converged)
+
+
+# --------------------------------------------------------------------------------------- correlations
+@dataclass
+class NormalSpectrum(_Saveable):
+    """Singular values of the matrix of unit normals and of as many random unit vectors; the right singular
+    vectors of the normals (``basis``, ``(r, d)``, the top ones first); flat-model fooling rates."""
+
+    singular_values: torch.Tensor
+    random_singular_values: torch.Tensor
+    basis: torch.Tensor
+    dims: list
+    eps: float
+    fooling_subspace: list
+    fooling_isotropic: float
+    n_normals: int
+    n_eval: int
+
+
+def random_unit(n: int, d: int, *, generator: torch.Generator, device=None, dtype=torch.float32) -> torch.Tensor:
+    v = torch.randn(n, d, generator=generator, device=generator.device, dtype=dtype).to(device)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def fooling_rate(model, x: torch.Tensor, v: torch.Tensor, *, clip: bool = True, batch_size: int = 1024) -> float:
+    """Fraction of samples whose predicted label changes when ``v`` (per sample, same shape) is added."""
+    clf = prepare(model, x[:1])[0]
+    xa = x + v.reshape(x.shape)
+    if clip:
+        xa = xa.clamp(*clf.bounds)
+    return float((predict(clf, xa, batch_size) != predict(clf, x, batch_size)).double().mean())
+
+
+@registry.analyses.register("normals", kind="analysis")
+def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), eps: float | None = None,
+                    seed: int = 0, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
+                    clip: bool = False) -> NormalSpectrum:
+    """Normal correlations (ICLR 2018, Fig. 3–4): singular values of the unit boundary normals at ``x`` against
+    those of random unit vectors, and the fooling rate on ``x_eval`` (default ``x``) of random vectors of
+    L2 norm ``eps`` drawn uniformly from the span of the top ``m`` right singular vectors, for each ``m`` in
+    ``dims``, against isotropic random vectors of the same norm (clipped into the bounds).
+
+    ``eps`` defaults to ``2 ×`` the median DeepFool norm ``‖r*‖`` at ``x``.
+    """
+    check_positive(seed, "seed", integer=True, allow_zero=True)
+    nr = boundary_normals(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
+    clf = prepare(model, x[:1])[0]
+    nm = nr.normals[nr.converged]
+    if nm.shape[0] < 2:
+        raise OptionError("fewer than two boundary normals were found; use more samples or a larger max_iter")
+    d = nm.shape[1]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    _, s, vh = torch.linalg.svd(nm.double(), full_matrices=False)
+    rnd = random_unit(nm.shape[0], d, generator=gen, dtype=torch.float64)
+    s_rand = torch.linalg.svdvals(rnd)
+    if eps is None:
+        eps = 2.0 * float(nr.r_norm[nr.converged].median())
+    check_positive(eps, "eps")
+    xe = x if x_eval is None else prepare(model, x_eval)[1]
+    n_e = xe.shape[0]
+    dims = [int(m) for m in dims if 0 < int(m) <= vh.shape[0]]
+    fs = []
+    iso = random_unit(n_e, d, generator=gen, device=xe.device, dtype=xe.dtype) * eps
+    fi = fooling_rate(clf, xe, iso)
+    for m in dims:
+        z = torch.randn(n_e, m, generator=gen, dtype=torch.float64)
+        v = (z @ vh[:m]).to(xe.device, xe.dtype)
+        v = v / v.norm(dim=1, keepdim=True) * eps
+        fs.append(fooling_rate(clf, xe, v))
+    return NormalSpectrum(singular_values=s.float(), random_singular_values=s_rand.float(), basis=vh.float(),
+                          dims=dims, eps=float(eps), fooling_subspace=fs, fooling_isotropic=fi,
+                          n_normals=int(nm.shape[0]), n_eval=n_e)
