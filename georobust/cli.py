@@ -31,6 +31,9 @@ data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 zoo_app = typer.Typer(help="Architectures and shipped models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(zoo_app, name="zoo")
+analyse_app = typer.Typer(help="Decision-boundary geometry: curvature, cross-sections, subspaces, normals.",
+                          no_args_is_help=True)
+app.add_typer(analyse_app, name="analyse")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -287,6 +290,148 @@ def evaluate(
         classes = gdata.info(data).classes if data != "folder" else None
         written = save_evaluation(ev, results, out, classes=classes)
         console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+# ------------------------------------------------------------------------------------------- analyse
+_MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or pkg.mod:factory"
+
+
+def _analysis_inputs(model: str, data: str, split: str, limit: Optional[int], device: str, seed: int,
+                     verbose: bool):
+    from .models import load_model
+
+    _setup(seed, verbose)
+    dev = _device(device)
+    clf = load_model(model, dev)
+    x, y = _load_data(data, split, limit, None)
+    return clf, x.to(dev), y.to(dev)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@analyse_app.command("curvature")
+@_handle_errors
+def analyse_curvature(
+    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
+    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(50),
+    k: int = typer.Option(5, help="eigenvalues per end of the spectrum"),
+    softplus_beta: Optional[float] = typer.Option(None, help="measure the boundary of a Softplus(β) copy"),
+    out: Optional[Path] = typer.Option(None, help="write curvature.png and the results here"),
+    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Curvature profile of the loss and principal curvatures of the boundary at the DeepFool point."""
+    from . import plots
+    from .geometry.curvature import boundary_curvature, curvature_profile
+
+    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
+    with console.status("curvature…"):
+        prof = curvature_profile(clf, x, k=k, seed=seed)
+        bc = boundary_curvature(clf, x, k=k, seed=seed, softplus_beta=softplus_beta)
+    rows = [["metric", "value"]] + [[f"loss Hessian: {a}", _fmt(b)] for a, b in prof.summary().items()]
+    rows += [[f"boundary: {a}", _fmt(b)] for a, b in bc.summary().items()]
+    _print_table(f"curvature of {model} on {data} ({split})", rows)
+    if out is not None:
+        prof.save(out / "curvature_profile")
+        bc.save(out / "boundary_curvature")
+        plots.loss_curvature_profiles({model: prof}, out / "curvature_profile.png")
+        console.print(f"wrote {out}/curvature_profile.png and the results")
+
+
+@analyse_app.command("cross-section")
+@_handle_errors
+def analyse_cross_section(
+    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
+    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(6),
+    second: str = typer.Option("random", help="random or curvature"),
+    resolution: int = typer.Option(101), scale_normal: float = typer.Option(2.0, help="half-width along the normal, × ‖r*‖"),
+    scale_second: float = typer.Option(2.0, help="half-width along the second direction, × ‖r*‖"),
+    softplus_beta: Optional[float] = typer.Option(None, help="for --second curvature on a ReLU model"),
+    out: Path = typer.Option(Path("."), help="write cross_sections.png here"),
+    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Normal cross-sections of the decision boundary (normal × random or × top-curvature direction)."""
+    from . import plots
+    from .geometry.cross_section import cross_section
+
+    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
+    with console.status("cross-sections…"):
+        cs = cross_section(clf, x, second=second, resolution=resolution, scale=(scale_normal, scale_second),
+                           seed=seed, softplus_beta=softplus_beta)
+    rows = [["sample", "class", "‖r*‖", "classes in the section"]]
+    for i in range(cs.labels.shape[0]):
+        rows.append([str(i), str(int(cs.orig[i])), f"{float(cs.r_norm[i]):.4g}",
+                     ",".join(str(c) for c in cs.labels[i].unique().tolist())])
+    _print_table(f"normal × {cs.second_kind} cross-sections of {model}", rows)
+    classes = gdata.info(data).classes if data != "folder" else None
+    path = plots.cross_sections(cs, out / "cross_sections.png", n=cs.labels.shape[0], classes=classes)
+    console.print(f"wrote {path}")
+
+
+@analyse_app.command("subspace")
+@_handle_errors
+def analyse_subspace(
+    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
+    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(100),
+    ratios: str = typer.Option("0.25,0.0625,0.0204,0.01", help="comma-separated m/d"),
+    noise_directions: int = typer.Option(1, help="random directions per sample for random-noise robustness"),
+    out: Optional[Path] = typer.Option(None, help="write subspace.png here"),
+    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """β = √(m/d)·‖r*_S‖/‖r*‖ in random subspaces, and robustness to random noise (m = 1)."""
+    import math
+
+    from . import plots
+    from .geometry.subspace import noise_robustness, subspace_robustness
+
+    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
+    with console.status("subspace DeepFool…"):
+        res = subspace_robustness(clf, x, ratios=tuple(_floats(ratios) or ()), seed=seed)
+        nb = noise_robustness(clf, x, directions=noise_directions, seed=seed, bounded=True)
+        nu = noise_robustness(clf, x, directions=noise_directions, seed=seed, bounded=False)
+    _print_table(f"random-subspace robustness of {model} (d={res.d})", res.table())
+    med = float(res.r_norm[res.converged_full].median())
+    rows = [["random noise", "never crosses", "median ‖r_noise‖", "√d·median ‖r*‖"]]
+    for name, r in (("inside the box", nb), ("unbounded", nu)):
+        m = float(r.r_noise[r.crossed].median()) if bool(r.crossed.any()) else float("nan")
+        rows.append([name, f"{r.never_crossed:.3f}", f"{m:.4g}", f"{math.sqrt(res.d) * med:.4g}"])
+    _print_table("random noise (m = 1)", rows)
+    if out is not None:
+        console.print(f"wrote {plots.subspace_ratios({model: res}, out / 'subspace.png')}")
+
+
+@analyse_app.command("normals")
+@_handle_errors
+def analyse_normals(
+    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
+    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(200, help="points whose normals are used"),
+    dims: str = typer.Option("1,5,10,25,50", help="comma-separated subspace dimensions m"),
+    eps: Optional[float] = typer.Option(None, help="L2 norm of the random vectors (default 2 × median ‖r*‖)"),
+    out: Optional[Path] = typer.Option(None, help="write normals.png here"),
+    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Singular values of boundary normals vs random vectors; flat-model fooling rates (evaluated on the other
+    half of the samples)."""
+    from . import plots
+    from .geometry.normals import normal_spectrum
+
+    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
+    half = x.shape[0] // 2
+    with console.status("boundary normals…"):
+        ns = normal_spectrum(clf, x[:half], x_eval=x[half:], dims=[int(v) for v in _floats(dims) or ()], eps=eps,
+                             seed=seed)
+    s, sr = ns.singular_values, ns.random_singular_values
+    rows = [["index", "σ normals / σ₁", "σ random / σ₁"]]
+    for i in [0, 1, 4, 9, 24, 49]:
+        if i < s.numel():
+            rows.append([str(i + 1), f"{float(s[i] / s[0]):.3f}", f"{float(sr[i] / sr[0]):.3f}"])
+    _print_table(f"singular values of {ns.n_normals} boundary normals of {model}", rows)
+    rows = [["m", "fooling (span of top m)", "fooling (isotropic)"]]
+    rows += [[str(m), f"{f:.3f}", f"{ns.fooling_isotropic:.3f}"] for m, f in zip(ns.dims, ns.fooling_subspace)]
+    _print_table(f"flat model, ‖v‖₂ = {ns.eps:.4g}, {ns.n_eval} points", rows)
+    if out is not None:
+        console.print(f"wrote {plots.normal_spectrum({model: ns}, out / 'normals.png')}")
 
 
 def main():  # pragma: no cover - entry point

@@ -90,3 +90,111 @@ def training_curves(history: list[dict], path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------- decision-boundary geometry
+def loss_curvature_profiles(profiles: dict, path) -> Path:
+    """Mean curvature profiles (sorted eigenvalues of the input Hessian of the loss, CURE Fig. 2), one line
+    per model: ``profiles`` maps a name to a :class:`~georobust.geometry.curvature.CurvatureProfile`."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, p in profiles.items():
+        v = p.mean_profile.detach().cpu()
+        ax.plot(range(1, v.numel() + 1), v.numpy(), marker=".", label=name)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel(f"eigenvalue index (top {next(iter(profiles.values())).k}, then bottom)")
+    ax.set_ylabel("mean eigenvalue of ∇²ₓ loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def boundary_curvatures(results: dict, path) -> Path:
+    """Histogram of ``max |κ|·‖r*‖`` per sample (principal curvatures at the DeepFool boundary point relative
+    to ``1/‖r*‖``), one per model: ``results`` maps a name to a ``BoundaryCurvature``."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, bc in results.items():
+        v = bc.relative[bc.converged].detach().cpu().clamp_min(1e-8).log10()
+        ax.hist(v.numpy(), bins=30, alpha=0.5, label=name)
+    ax.axvline(0.0, color="k", ls="--", lw=1)
+    ax.set_xlabel("log₁₀( max|κ| · ‖r*‖ )  (0: curvature radius = ‖r*‖)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def cross_sections(cs, path, *, n: int = 6, classes: Sequence[str] | None = None, title: str = "") -> Path:
+    """Normal cross-sections (NIPS 2016 Fig. 6 / ICLR 2018 Fig. 2): decision regions on the plane of the
+    boundary normal (vertical axis) and the second direction, ``x`` at the centre, the boundary in black."""
+    import numpy as np
+
+    k = min(n, cs.labels.shape[0])
+    fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 2.9), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for j in range(k):
+        ax = axes[0][j]
+        lab = cs.labels[j].cpu().numpy()
+        a, b = cs.a[j].cpu().numpy(), cs.b[j].cpu().numpy()
+        ax.imshow(lab, origin="lower", cmap=cmap, vmin=0, vmax=9, interpolation="nearest", aspect="auto",
+                  extent=(b[0], b[-1], a[0], a[-1]), alpha=0.75)
+        if len(np.unique(lab)) > 1:
+            ax.contour(b, a, lab, levels=np.arange(lab.min(), lab.max()) + 0.5, colors="k", linewidths=0.8)
+        ax.plot([0], [0], "k*", ms=8)
+        ax.axhline(float(cs.r_norm[j]), color="w", ls=":", lw=0.8)
+        name = (lambda c: classes[c] if classes is not None and c < len(classes) else str(c))
+        ax.set_title(f"{name(int(cs.orig[j]))}, ‖r*‖={float(cs.r_norm[j]):.3g}", fontsize=8)
+        ax.set_xlabel(f"{cs.second_kind} direction", fontsize=7)
+        if j == 0:
+            ax.set_ylabel("normal r*/‖r*‖", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def subspace_ratios(results: dict, path) -> Path:
+    """``‖r*_S‖/‖r*‖`` against ``m/d`` (mean ± std over samples) beside the ``√(d/m)`` law (NIPS 2016);
+    ``results`` maps a name to a ``SubspaceRobustness``."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    qs = None
+    for name, res in results.items():
+        ok = res.converged & res.converged_full[:, None]
+        ratio = (res.r_sub / res.r_norm[:, None]).cpu()
+        mean = [float(ratio[ok[:, j], j].mean()) for j in range(len(res.ratios))]
+        std = [float(ratio[ok[:, j], j].std()) for j in range(len(res.ratios))]
+        ax.errorbar(res.ratios, mean, yerr=std, marker="o", capsize=3, label=name)
+        qs = res.ratios
+    q = np.geomspace(min(qs), 1.0, 50)
+    ax.plot(q, np.sqrt(1 / q), "k--", label="√(d/m)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("m / d")
+    ax.set_ylabel("‖r*_S‖ / ‖r*‖")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def normal_spectrum(results: dict, path) -> Path:
+    """Singular values of the matrix of unit boundary normals against random unit vectors (ICLR 2018 Fig. 3),
+    and the flat-model fooling rates; ``results`` maps a name to a ``NormalSpectrum``."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, ns in results.items():
+        s, sr = ns.singular_values.cpu(), ns.random_singular_values.cpu()
+        line = ax.plot(range(1, s.numel() + 1), (s / s[0]).numpy(), label=f"{name}: normals")[0]
+        ax.plot(range(1, sr.numel() + 1), (sr / sr[0]).numpy(), ls="--", color=line.get_color(),
+                label=f"{name}: random")
+        ax2.plot(ns.dims, ns.fooling_subspace, marker="o", color=line.get_color(), label=f"{name}: span of top m")
+        ax2.axhline(ns.fooling_isotropic, ls="--", color=line.get_color(), label=f"{name}: isotropic")
+    ax.set_xscale("log")
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value / largest")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("m (dimension of the random subspace)")
+    ax2.set_ylabel("fooling rate")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    return _save(fig, path)
