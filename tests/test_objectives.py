@@ -238,3 +238,26 @@ def test_each_objective_lowers_its_own_loss(digits_train, name, opts):
     fit(model, (x, y), obj, epochs=5, lr=1e-2, seed=0)
     after = own_loss()
     assert after < 0.6 * before, (before, after)
+
+
+def test_pgd_at_epoch_matches_a_torchattacks_loop(digits_train):
+    """Peer cross-check: one epoch of our PGD-AT and a plain loop with torchattacks.PGD, same seed, same
+    shuffling, same random starts — the same weights (up to float round-off)."""
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits_train[0][:256], digits_train[1][:256]
+    ours, peer = Classifier(build("mlp", (1, 8, 8), 10, seed=0)), Classifier(build("mlp", (1, 8, 8), 10, seed=0))
+    fit(ours, (x, y), "adversarial", objective_options={"eps": 0.1, "steps": 3}, epochs=1, lr=1e-3,
+        schedule="constant", batch_size=64, seed=5)
+    atk = torchattacks.PGD(peer, eps=0.1, alpha=2.5 * 0.1 / 3, steps=3, random_start=True)
+    opt = torch.optim.Adam(peer.parameters(), lr=1e-3)
+    torch.manual_seed(5)
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(5))
+    peer.train()
+    for i in range(0, 256, 64):
+        idx = perm[i:i + 64]
+        loss = F.cross_entropy(peer(atk(x[idx], y[idx])), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for a, b in zip(ours.parameters(), peer.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
