@@ -136,8 +136,8 @@ def cross_sections(cs, path, *, n: int = 6, classes: Sequence[str] | None = None
         a, b = cs.a[j].cpu().numpy(), cs.b[j].cpu().numpy()
         ax.imshow(lab, origin="lower", cmap=cmap, vmin=0, vmax=9, interpolation="nearest", aspect="auto",
                   extent=(b[0], b[-1], a[0], a[-1]), alpha=0.75)
-        if len(np.unique(lab)) > 1:
-            ax.contour(b, a, lab, levels=np.arange(lab.min(), lab.max()) + 0.5, colors="k", linewidths=0.8)
+        for c in np.unique(lab) if len(np.unique(lab)) > 1 else ():  # each region's outline: the boundary
+            ax.contour(b, a, (lab == c).astype(float), levels=[0.5], colors="k", linewidths=0.8)
         ax.plot([0], [0], "k*", ms=8)
         ax.axhline(float(cs.r_norm[j]), color="w", ls=":", lw=0.8)
         name = (lambda c: classes[c] if classes is not None and c < len(classes) else str(c))
