@@ -83,8 +83,9 @@ def evaluate(model, test, ev, args) -> dict:
     return row
 
 
-def tradeoff(base, train, ev, args) -> dict:
-    """Clean and PGD robust accuracy (eps 0.1) over AT's eps and CURE's γ; reuses nothing, same budget."""
+def tradeoff(base, train, ev, args, trained: dict) -> dict:
+    """Clean and PGD robust accuracy (eps 0.1) over AT's eps and CURE's γ, same training budget for each;
+    ``trained[(label, strength)]`` are models already trained above (reused, not retrained)."""
     xe, ye = ev
     curves: dict[str, list] = {"PGD-AT (eps)": [], "CURE (γ)": []}
     for label, name, key, values, extra in (
@@ -92,7 +93,7 @@ def tradeoff(base, train, ev, args) -> dict:
         ("CURE (γ)", "cure", "gamma", args.cure_gammas, {"h": args.h, "h_warmup": 0.25}),
     ):
         for v in values:
-            model, _ = finetune(base, train, name, {key: v, **extra}, args)
+            model = trained.get((label, v)) or finetune(base, train, name, {key: v, **extra}, args)[0]
             r = pgd(model, xe, ye, eps=0.1, norm="inf", steps=args.pgd_steps, restarts=1, seed=args.seed)
             curves[label].append((v, clean_accuracy(model, xe, ye), r.robust_accuracy([0.1], "inf")[0]))
     return curves
@@ -125,7 +126,7 @@ def main(argv=None) -> dict:
     p.add_argument("--gamma", type=float, default=4.0)
     p.add_argument("--h", type=float, default=3.0)
     p.add_argument("--at-eps", type=float, nargs="*", default=[0.05, 0.1, 0.15])
-    p.add_argument("--cure-gammas", type=float, nargs="*", default=[1.0, 4.0, 16.0])
+    p.add_argument("--cure-gammas", type=float, nargs="*", default=[0.01, 0.1, 1.0, 4.0])
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -143,12 +144,16 @@ def main(argv=None) -> dict:
     test = data.load("fashion-mnist", "test", limit=1000 if args.quick else None)
     ev = (test[0][:args.eval], test[1][:args.eval])
 
-    rows, secs = {}, {}
+    rows, secs, trained = {}, {}, {}
     for label, (name, opts) in objectives(args).items():
         model, secs[label] = finetune(base, train, name, opts, args)
+        if label == "PGD-AT":
+            trained[("PGD-AT (eps)", 0.1)] = model
+        if label == "CURE":
+            trained[("CURE (γ)", args.gamma)] = model
         rows[label] = evaluate(model, test, ev, args)
         print(f"{label}: {rows[label]} ({min(secs[label]):.1f} s/epoch)", flush=True)
-    curves = tradeoff(base, train, ev, args)
+    curves = tradeoff(base, train, ev, args, trained)
     tab = table(rows, secs)
     print(tab)
     print("trade-off (strength, clean acc on the attacked subset, PGD robust acc @0.1):")

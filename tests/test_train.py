@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -84,3 +85,20 @@ def test_fit_rejects_bad_options(digits):
         fit(_model(), train, "standard", epochs=1, robust_eps=-0.1)
     with pytest.raises(OptionError):
         fit(_model(), train, "standard", epochs=0)
+
+
+def test_cli_train_with_objective(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    cmd = [sys.executable, "-m", "georobust.cli", "train", "--arch", "mlp", "--data", "digits", "--epochs", "1",
+           "--limit", "128", "--objective", "adversarial", "-O", "eps=0.1", "-O", "steps=2", "--robust-eps", "0.1",
+           "--init", "zoo:mlp-digits", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["objective"] == "adversarial" and meta["objective_options"] == {"eps": 0.1, "steps": 2}
+    assert meta["init"] == "zoo:mlp-digits"
+    assert 0 <= meta["history"][-1]["pgd10_robust_accuracy@0.1"] <= 1
