@@ -332,8 +332,9 @@ class LocalLinearity(_Regularised):
 
     with ``δ_LLR`` the maximiser; ``∇ₓℓ(x)`` is kept in the graph (double backprop) for the outer step.
 
-    Options: eps (default 0.1), steps (default 2), step_size (default ``2.5·eps/steps``... capped at eps),
-    lam λ (default 4.0), mu μ (default 3.0) — the paper's CIFAR-10 weights.
+    Options: eps (L∞ radius, default 0.1), steps of the search (default 2; the paper uses few), step_size
+    (default ``min(eps, 2.5·eps/steps)``), lam λ (default 4.0), mu μ (default 3.0) — the paper's CIFAR-10
+    weights.
     """
 
     name = "llr"
