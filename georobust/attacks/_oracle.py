@@ -182,24 +182,22 @@ class DecisionProblem:
         _, hi, lab = self.bisect(point, torch.zeros_like(one), one, idx, tol=tol, relative=relative, labels=labels)
         return x0 + bcast(hi, d) * d, lab
 
-    def noise_init(self, idx: torch.Tensor, *, generator: torch.Generator, mode: str = "gauss",
-                   scales: tuple[float, ...] = (), tries: int = 100
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """First adversarial points: ``mode="gauss"`` adds Gaussian noise of growing ``scales`` to ``x``
-        (QFool), ``mode="uniform"`` draws uniform images in the box up to ``tries`` times (HopSkipJump).
+    def noise_init(self, idx: torch.Tensor, *, generator: torch.Generator, scales: tuple[float, ...] = (),
+                   tries: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First adversarial points: Gaussian noise of growing ``scales`` (relative to the box width) added
+        to ``x`` (QFool), then up to ``tries`` uniform random images of the box (HopSkipJump's start).
         Returns ``(x_adv, found, label)`` for ``idx``; where not found, ``x_adv`` is ``x``."""
         x0 = self.x[idx]
         out = x0.clone()
         found = torch.zeros(idx.shape[0], dtype=torch.bool, device=x0.device)
         lab = torch.full_like(idx, -1)
         lo, hi = self.bounds
-        steps = scales if mode == "gauss" else range(tries)
-        for s in steps:
+        for s in [*scales, *([None] * tries)]:
             sel = (~found & (self.remaining(idx) > 0)).nonzero().squeeze(1)
             if sel.numel() == 0:
                 break
             shape = (sel.numel(), *x0.shape[1:])
-            if mode == "gauss":
+            if s is not None:
                 noise = torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
                 cand = self.clip(x0[sel] + s * (hi - lo) * noise)
             else:

@@ -101,7 +101,7 @@ def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_i
             t += 1
 
     params = {"init_evals": init_evals, "max_evals": max_evals, "gamma": gamma, "seed": seed,
-              "_gen": gen, "_init_mode": "uniform", "_init_tol": theta, "_init_tries": init_tries}
+              "_gen": gen, "_init_scales": (), "_init_tries": init_tries, "_init_tol": theta}
     return run_decision_attack("hopskipjump", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
                                params=params, body=body)

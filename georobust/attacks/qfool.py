@@ -192,9 +192,8 @@ def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps
                 log.warning("%s: %d starting point(s) of x_init do not meet the goal; those samples fail",
                             name, int((~found).sum()))
         else:
-            start, found, lab0 = prob.noise_init(active, generator=params["_gen"], mode=params["_init_mode"],
-                                                 scales=tuple(0.01 * 1.6 ** k for k in range(16)),
-                                                 tries=params.get("_init_tries", 100))
+            start, found, lab0 = prob.noise_init(active, generator=params["_gen"], scales=params["_init_scales"],
+                                                 tries=params["_init_tries"])
         active, start, lab0 = active[found], start[found], lab0[found]
         if active.numel():
             xb, lab0 = prob.bisect_segment(start, active, tol=params["_init_tol"], labels=lab0)
@@ -288,7 +287,8 @@ def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None =
             record(state["history"], state["cps"], idx, prob.oracle.queries[idx], best[idx])
 
     params = {"subspace": subspace, "probes": probes, "omega": omega, "tol": tol, "seed": seed,
-              "_gen": gen, "_init_mode": "gauss", "_init_tol": tol}
+              "_gen": gen, "_init_scales": tuple(0.01 * 1.6 ** k for k in range(12)), "_init_tries": 50,
+              "_init_tol": tol}
     return run_decision_attack("qfool", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
                                params=params, body=body)
