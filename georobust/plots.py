@@ -198,3 +198,23 @@ def normal_spectrum(results: dict, path) -> Path:
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     return _save(fig, path)
+
+
+def norm_vs_queries(curves: dict, checkpoints: Sequence[int], path, *, floor: float | None = None,
+                    title: str = "") -> Path:
+    """Median L2 perturbation versus the number of label queries for decision-based attacks (QFool, ICCV 2019
+    Fig. 4), ``curves`` mapping a name to the medians at ``checkpoints``; ``floor``: the white-box DeepFool norm."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, med in curves.items():
+        ax.plot(list(checkpoints), list(med), marker="o", label=name)
+    if floor is not None:
+        ax.axhline(floor, color="k", ls="--", label="DeepFool (white-box)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("queries")
+    ax.set_ylabel("median ‖r‖₂")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
