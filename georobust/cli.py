@@ -160,7 +160,7 @@ def train(
     limit: Optional[int] = typer.Option(None, help="use only the first N training samples"),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="checkpoint each epoch here"),
     resume: bool = typer.Option(False, help="resume from --checkpoint-dir"),
-    robust_eps: Optional[float] = typer.Option(None, help="report FGSM L∞ robust accuracy at this eps per epoch"),
+    robust_eps: Optional[float] = typer.Option(None, help="report PGD-10 L∞ robust accuracy at this eps per epoch"),
     device: str = typer.Option("cpu"), verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train a zoo architecture on a data set; write safetensors weights and a metadata JSON."""
@@ -193,7 +193,8 @@ def train(
     seconds = time.perf_counter() - t0
     command = "georobust " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = {"arch": arch, "data": data, "seed": seed, "epochs": epochs, "objective": objective,
-            "objective_options": opts, "command": command, "test_accuracy": hist.last.get("test_accuracy"),
+            "objective_options": opts, **({"init": init} if init else {}), "command": command,
+            "test_accuracy": hist.last.get("test_accuracy"),
             "train_seconds": seconds, "history": hist.epochs, "torch": torch.__version__}
     model.name = out.stem
     save_weights(model, out, arch=arch, input_shape=tuple(x.shape[1:]), num_classes=info.num_classes,

@@ -92,6 +92,36 @@ def training_curves(history: list[dict], path) -> Path:
     return _save(fig, path)
 
 
+def tradeoff(curves: dict[str, list[tuple[float, float, float]]], path) -> Path:
+    """Clean vs robust accuracy as an objective's strength grows (eps of adversarial training, γ of CURE):
+    ``curves[label] = [(strength, clean_accuracy, robust_accuracy), ...]``, each point annotated."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([p[2] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        for s, c, r in pts:
+            ax.annotate(f"{s:g}", (r, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("robust accuracy")
+    ax.set_ylabel("clean accuracy")
+    ax.set_title("robustness vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def curvature_profiles(profiles: dict[str, Sequence[float]], path) -> Path:
+    """Curvature profile per model: the largest |eigenvalues| of the input Hessian of the loss, by rank
+    (log scale), as in Moosavi-Dezfooli et al., CVPR 2019, Fig. 2."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, vals in profiles.items():
+        ax.semilogy(range(1, len(vals) + 1), [max(float(v), 1e-12) for v in vals], marker="o", label=label)
+    ax.set_xlabel("eigenvalue rank")
+    ax.set_ylabel("|eigenvalue| (mean over samples)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------- decision-boundary geometry
 def loss_curvature_profiles(profiles: dict, path) -> Path:
     """Mean curvature profiles (sorted eigenvalues of the input Hessian of the loss, CURE Fig. 2), one line

@@ -232,7 +232,7 @@ def test_each_objective_lowers_its_own_loss(digits_train, name, opts):
         model.train()
         loss, _ = obj(model, xb, yb)
         model.eval()
-        return float(loss)
+        return float(loss.detach())
 
     before = own_loss()
     fit(model, (x, y), obj, epochs=5, lr=1e-2, seed=0)
