@@ -5,7 +5,7 @@ Targets (issue 7): our PGD-AT (10 steps) at least at parity with the torchattack
 per epoch than our PGD-AT (the paper's "3× to 5× faster"). Speed is printed beside quality: after the
 epoch, each model's clean accuracy and PGD-20 robust accuracy (eps 0.1) on held-out images.
 
-    python benchmarks/training.py           # full: 10000 Fashion-MNIST images, LeNet, 2 repeats
+    python benchmarks/training.py           # full: 5000 Fashion-MNIST images, LeNet, 2 repeats
     python benchmarks/training.py --quick   # seconds
 """
 
@@ -65,7 +65,7 @@ def quality(model, xe, ye) -> tuple[float, float]:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--train", type=int, default=10000)
+    p.add_argument("--train", type=int, default=5000)
     p.add_argument("--eval", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)

@@ -116,9 +116,9 @@ def table(rows: dict, secs: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds; no files written")
-    p.add_argument("--train", type=int, default=12000, help="training images (first N of the train split)")
+    p.add_argument("--train", type=int, default=8000, help="training images (first N of the train split)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--eval", type=int, default=500, help="test samples attacked")
+    p.add_argument("--eval", type=int, default=250, help="test samples attacked")
     p.add_argument("--pgd-steps", type=int, default=50)
     p.add_argument("--restarts", type=int, default=2)
     p.add_argument("--hessian-n", type=int, default=100)
