@@ -102,3 +102,19 @@ def test_cli_train_with_objective(tmp_path):
     assert meta["objective"] == "adversarial" and meta["objective_options"] == {"eps": 0.1, "steps": 2}
     assert meta["init"] == "zoo:mlp-digits"
     assert 0 <= meta["history"][-1]["pgd10_robust_accuracy@0.1"] <= 1
+
+
+@pytest.mark.parametrize("name,min_gain", [("lenet-fmnist-at", 0.3), ("lenet-fmnist-cure", 0.15)])
+def test_shipped_robust_models_are_robust(name, min_gain):
+    from conftest import fmnist_available
+
+    from georobust import pretrained
+
+    if not fmnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    x, y = data.load("fashion-mnist", "test", limit=200)
+    std, rob = pretrained("lenet-fmnist"), pretrained(name)
+    acc_std, acc_rob = (robust_accuracy(m, x, y, eps=0.1) for m in (std, rob))
+    assert acc_rob > acc_std + min_gain, (acc_std, acc_rob)
+    clean = float((rob(x).argmax(1) == y).float().mean())
+    assert clean > 0.7
