@@ -240,6 +240,7 @@ def test_each_objective_lowers_its_own_loss(digits_train, name, opts):
     assert after < 0.6 * before, (before, after)
 
 
+@pytest.mark.peers
 def test_pgd_at_epoch_matches_a_torchattacks_loop(digits_train):
     """Peer cross-check: one epoch of our PGD-AT and a plain loop with torchattacks.PGD, same seed, same
     shuffling, same random starts — the same weights (up to float round-off)."""

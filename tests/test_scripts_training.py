@@ -1,10 +1,12 @@
-"""The quick modes of the training benchmark and the CURE-vs-AT reproduction run and report sane numbers."""
+"""The quick modes of the training benchmark and the CURE-vs-AT reproduction run and report sane numbers
+(marked slow: ~10-20 s each on an idle 2-core CPU, a minute when it is shared)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
 from conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +19,7 @@ def _load(rel: str):
     return mod
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_training_benchmark_quick():
     out = _load("benchmarks/training.py").main(["--quick", "--threads", "1"])
@@ -26,6 +29,7 @@ def test_training_benchmark_quick():
     assert out["quality"]["ours PGD-AT"] == out["quality"]["torchattacks PGD-AT"]
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_cure_vs_at_quick(tmp_path):
     out = _load("repro/cure_vs_at.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
