@@ -1,0 +1,80 @@
+"""DeepFool's benchmark and reproduction in quick mode, and `georobust attack deepfool` as a real command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import needs_fmnist
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(rel: str):
+    spec = importlib.util.spec_from_file_location(Path(rel).stem + "_deepfool_script", ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_quick_digits():
+    out = _load("benchmarks/deepfool.py").main(["--quick", "--threads", "1", "--model", "zoo:mlp-digits",
+                                                 "--data", "digits", "--peers", "foolbox", "--no-pgd"])
+    for norm in ("2", "inf"):
+        ours, fb = out[norm]
+        assert ours["method"] == "georobust" and ours["n"] == 50 and ours["success"] == 1.0
+        assert fb["success"] <= ours["success"] and abs(fb["norm_ratio"] - 1) < 0.01
+        assert ours["in_bounds"] and ours["seconds"] > 0
+
+
+def test_repro_quick(tmp_path):
+    rows = _load("repro/deepfool_table.py").main(["--quick", "--threads", "1", "--models", "mlp-digits",
+                                                  "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["model"] == "mlp-digits" and row["n"] == 30
+    df, fg = row["deepfool"], row["fgsm"]
+    assert df["success_rate"] == 1.0 and fg["success_rate"] == 1.0
+    assert df["rho"] < fg["rho"]  # DeepFool's perturbations are smaller than minimal FGSM's (paper Table 1)
+    assert 1 <= df["mean_iterations"] <= 50
+    text = (tmp_path / "deepfool_table.md").read_text()
+    assert "mlp-digits" in text and "ρ_adv" in text
+    assert (tmp_path / "deepfool_table.png").stat().st_size > 5000
+
+
+def test_cli_attack_deepfool_digits(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "georobust.cli", "attack", "deepfool", "--model", "zoo:mlp-digits",
+                        "--data", "digits", "--limit", "120", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "success_rate" in p.stdout and "median_l2" in p.stdout and "rho" in p.stdout
+    meta = json.loads((tmp_path / "result_deepfool.json").read_text())
+    s = meta["summary"]
+    assert s["n"] == 120 and s["success_rate"] == 1.0 and 0.3 < s["median_l2"] < 0.7
+    assert meta["fields"]["minimal"] is True and meta["fields"]["params"]["norm"] == "2"
+    t = load_file(str(tmp_path / "result_deepfool.safetensors"))
+    assert t["x_adv"].shape == (120, 1, 8, 8) and t["iterations"].min() >= 1
+    assert t["success"].all() and 0 <= float(t["x_adv"].min()) and float(t["x_adv"].max()) <= 1
+    assert (tmp_path / "examples_deepfool.png").stat().st_size > 5000
+    bad = subprocess.run([sys.executable, "-m", "georobust.cli", "attack", "deepfool", "--norm", "1", "--limit", "5"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "norm" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@needs_fmnist
+def test_cli_attack_deepfool_fmnist_lenet(tmp_path):
+    """The issue's command, on 20 images (the full 1,000 runs in seconds too, but the CPU is shared)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "georobust.cli", "attack", "deepfool", "--model", "zoo:lenet-fmnist",
+                        "--data", "fashion-mnist", "--limit", "20", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "result_deepfool.json").read_text())
+    assert meta["summary"]["success_rate"] == 1.0
+    assert torch.isfinite(torch.tensor(meta["summary"]["median_l2"]))
