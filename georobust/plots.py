@@ -248,3 +248,25 @@ def norm_vs_queries(curves: dict, checkpoints: Sequence[int], path, *, floor: fl
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def minimal_perturbations(results: dict, path, *, norm: str = "2") -> Path:
+    """DeepFool's Tables 1–2 as a figure: per model, the fraction of samples fooled within ``‖r‖ ≤ ε`` for each
+    minimal-perturbation attack; ``results`` maps a model name to ``{attack name: AttackResult}``."""
+    import numpy as np
+
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for name, res in results[model].items():
+            nrm = res.norms(norm)[res.success].double().sort().values.cpu().numpy()
+            if len(nrm) == 0:
+                continue
+            frac = np.arange(1, len(nrm) + 1) / res.success.numel()
+            ax.step(nrm, frac, where="post", label=f"{name} (ρ={float(res.summary()['rho' if norm == '2' else 'rho_inf']):.3f})")
+        ax.set_xlabel(f"‖r‖{'₂' if norm == '2' else '∞'}")
+        ax.set_ylabel("fraction fooled")
+        ax.set_title(model, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
