@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import needs_fmnist
 from safetensors.torch import load_file
@@ -67,6 +68,7 @@ def test_cli_attack_deepfool_digits(tmp_path):
     assert bad.returncode == 2 and "norm" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_cli_attack_deepfool_fmnist_lenet(tmp_path):
     """The issue's command, on 20 images (the full 1,000 runs in seconds too, but the CPU is shared)."""
