@@ -190,6 +190,92 @@ class AttackResult(_Saveable):
         )
 
 
+@dataclass
+class UniversalResult(_Saveable):
+    """A universal perturbation ``v`` (shape of one input) and its history, pass by pass
+    (:func:`georobust.attacks.universal.universal_perturbation`; it doubles as the checkpoint).
+
+    ``fooling_train[p]`` / ``fooling_eval[p]``: the fraction of X / of the held-out set whose *predicted*
+    label changes under ``v`` after pass ``p`` (``None`` without a held-out set); ``attempts``/``updates``:
+    DeepFool calls and accepted steps per pass; ``transitions[a, b]``: held-out (else training) samples
+    predicted ``a`` clean and ``b`` perturbed, after the last pass; ``converged``: the fooling rate on X
+    reached ``1 − δ``.
+    """
+
+    v: torch.Tensor
+    norm: str
+    xi: float
+    delta: float
+    params: dict = field(default_factory=dict)
+    num_classes: int = 0
+    fooling_train: list = field(default_factory=list)
+    fooling_eval: list = field(default_factory=list)
+    attempts: list = field(default_factory=list)
+    updates: list = field(default_factory=list)
+    pass_seconds: list = field(default_factory=list)
+    converged: bool = False
+    transitions: torch.Tensor | None = None
+    elapsed: float = 0.0
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        jpath, tpath = _paths(path)
+        return jpath.exists() and tpath.exists()
+
+    def record_pass(self, *, fooling_train: float, fooling_eval: float | None, attempts: int, updates: int,
+                    seconds: float) -> None:
+        self.fooling_train.append(float(fooling_train))
+        self.fooling_eval.append(None if fooling_eval is None else float(fooling_eval))
+        self.attempts.append(int(attempts))
+        self.updates.append(int(updates))
+        self.pass_seconds.append(float(seconds))
+        self.elapsed = float(sum(self.pass_seconds))
+
+    @property
+    def passes(self) -> int:
+        return len(self.fooling_train)
+
+    @property
+    def fooling_rate_train(self) -> float:
+        return self.fooling_train[-1] if self.fooling_train else 0.0
+
+    @property
+    def fooling_rate(self) -> float:
+        """The held-out fooling rate after the last pass (the training one when there is no held-out set)."""
+        if self.fooling_eval and self.fooling_eval[-1] is not None:
+            return float(self.fooling_eval[-1])
+        return self.fooling_rate_train
+
+    @property
+    def dominant_labels(self) -> torch.Tensor:
+        """``(K,)``: how many fooled samples went to each label (the off-diagonal column sums of
+        ``transitions``) — a universal perturbation sends most fooled images to a few dominant labels."""
+        if self.transitions is None:
+            return torch.zeros(self.num_classes, dtype=torch.long)
+        t = self.transitions.clone()
+        t.fill_diagonal_(0)
+        return t.sum(0)
+
+    @property
+    def v_norm(self) -> float:
+        f = self.v.flatten().double()
+        return float(f.abs().max() if self.norm == "inf" else f.norm())
+
+    def summary(self) -> dict[str, Any]:
+        dom = self.dominant_labels
+        return {"norm": self.norm, "xi": self.xi, "delta": self.delta, "mode": self.params.get("mode"),
+                "passes": self.passes, "converged": self.converged, "fooling_train": self.fooling_rate_train,
+                "fooling_eval": self.fooling_eval[-1] if self.fooling_eval else None, "v_norm": self.v_norm,
+                "dominant_label": int(dom.argmax()) if int(dom.sum()) else None,
+                "dominant_share": float(dom.max() / dom.sum()) if int(dom.sum()) else None,
+                "updates": int(sum(self.updates)), "attempts": int(sum(self.attempts)), "elapsed": self.elapsed}
+
+    def __repr__(self) -> str:
+        fe = self.fooling_eval[-1] if self.fooling_eval else None
+        return (f"UniversalResult(L{self.norm} ξ={self.xi:g}, {self.passes} passes, fooling train "
+                f"{self.fooling_rate_train:.3f}, held-out {'—' if fe is None else f'{fe:.3f}'}, {self.elapsed:.1f}s)")
+
+
 def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
            batch_size: int = 1024):
     """Re-run ``model`` on ``x_adv``; return ``(label_adv, success)``."""
