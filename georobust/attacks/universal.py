@@ -41,6 +41,7 @@ an interrupted and resumed run gives the same ``v`` as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ import torch
 from .. import registry
 from ..checks import check_norm, check_positive, predict, prepare
 from ..errors import InputError, OptionError
-from ..results import UniversalResult, _Saveable
+from ..results import UniversalResult, _paths, _Saveable
 from ._common import flat_norm
 from .deepfool import deepfool_batch
 
@@ -166,6 +167,21 @@ def _chunk_batched(clf, xc, pc, v, *, xi, norm, clip, df):
     return v, n_act, int(acc.numel())
 
 
+def _v_check(v: torch.Tensor) -> float:
+    return round(float(v.double().abs().sum()), 6)
+
+
+def _save_checkpoint(res: UniversalResult, path) -> None:
+    """Save ``res`` to ``path`` through temporary files and renames; the JSON carries a checksum of ``v`` so a
+    torn pair (killed between the two renames) is detected on resume."""
+    jpath, tpath = _paths(path)
+    res.params["v_check"] = _v_check(res.v)
+    jtmp = jpath.with_name(".tmp-" + jpath.name)
+    res.save(jtmp)
+    os.replace(jtmp.with_suffix(".safetensors"), tpath)
+    os.replace(jtmp, jpath)
+
+
 @registry.attacks.register("universal", kind="universal", norms=("2", "inf"))
 def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", delta: float = 0.2,
                            max_passes: int = 10, x_eval=None, mode: str = "sequential", chunk: int = 256,
@@ -241,6 +257,9 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
                           num_classes=k)
     if resume and UniversalResult.exists(checkpoint):
         res = UniversalResult.load(checkpoint)
+        if res.params.get("v_check") != _v_check(res.v):
+            raise InputError(f"checkpoint {checkpoint}: its .json and .safetensors do not belong together "
+                             "(interrupted while saving?); delete both files and start again")
         diff = {key: (res.params.get(key), params[key]) for key in _RESUME_KEYS if res.params.get(key) != params[key]}
         if diff:
             raise OptionError(f"checkpoint {checkpoint} was made with other parameters or data: {diff}; "
@@ -276,7 +295,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
         log.info("universal pass %d: fooling %.3f (held-out %s), %d/%d steps accepted, %.1fs", p + 1, fr,
                  "—" if fe is None else f"{fe:.3f}", updates, attempts, seconds)
         if checkpoint is not None:
-            res.save(checkpoint)
+            _save_checkpoint(res, checkpoint)
         if on_pass is not None:
             on_pass(res)
     if res.transitions is None:  # resumed from a finished run, or max_passes already reached
