@@ -270,3 +270,86 @@ def minimal_perturbations(results: dict, path, *, norm: str = "2") -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def universal_perturbation(v: torch.Tensor, path, *, title: str | None = None) -> Path:
+    """A universal perturbation ``v`` (one input's shape), rescaled to fill ``[0, 1]`` (mid-grey is zero) so
+    its pattern is visible — CVPR 2017, Fig. 4."""
+    v = v.detach().float().cpu()
+    m = float(v.abs().max()) or 1.0
+    img, cmap = _img(0.5 + 0.5 * v / m)
+    fig, ax = plt.subplots(figsize=(3, 3.2))
+    ax.imshow(img, cmap=cmap or "gray", vmin=0, vmax=1)
+    ax.set_title(title or f"v (±{m:.3g} → black/white)", fontsize=8)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def universal_examples(x: torch.Tensor, v: torch.Tensor, label_clean, label_adv, path, *, n: int = 8,
+                       classes: Sequence[str] | None = None, bounds=(0.0, 1.0)) -> Path:
+    """Images before (top) and after (bottom) adding one universal perturbation, with the predicted labels;
+    fooled images (label changed) are shown first, their new label in red."""
+    changed = torch.as_tensor(label_clean) != torch.as_tensor(label_adv)
+    order = torch.argsort(changed.to(torch.int8), descending=True, stable=True)[:n]
+    k = len(order)
+    fig, axes = plt.subplots(2, k, figsize=(1.5 * k, 3.4), squeeze=False)
+
+    def name(c):
+        return classes[int(c)] if classes else str(int(c))
+    for j, i in enumerate(order.tolist()):
+        xa = (x[i] + v.to(x.device)).clamp(*bounds)
+        for row, (img_t, lab) in enumerate(((x[i], label_clean[i]), (xa, label_adv[i]))):
+            img, cmap = _img(img_t)
+            ax = axes[row, j]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(name(lab), fontsize=7, color="red" if row == 1 and bool(changed[i]) else "black")
+            ax.axis("off")
+    axes[0, 0].text(-0.3, 0.5, "clean", transform=axes[0, 0].transAxes, rotation=90, va="center", fontsize=8)
+    axes[1, 0].text(-0.3, 0.5, "+ v", transform=axes[1, 0].transAxes, rotation=90, va="center", fontsize=8)
+    return _save(fig, path)
+
+
+def fooling_vs_xi(curves: dict[str, Sequence[tuple[float, float]]], path, *, norm: str = "inf",
+                  baseline: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path:
+    """Held-out fooling rate versus ξ, one line per model/setting (``curves[label] = [(ξ, rate), ...]``), and
+    optional dashed random-noise baselines of the same norm."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, pts in curves.items():
+        pts = sorted(pts)
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        if baseline and label in baseline:
+            b = sorted(baseline[label])
+            ax.plot([p[0] for p in b], [p[1] for p in b], "--", color=line.get_color(), alpha=0.7,
+                    label=f"{label}: random noise")
+    ax.set_xlabel(f"ξ (L{'∞' if norm == 'inf' else norm})")
+    ax.set_ylabel("held-out fooling rate")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def universal_comparison(rates: dict[str, dict[str, float]], path, *, title: str | None = None) -> Path:
+    """The four-way bar chart of ICLR 2018 / CVPR 2017 §4 at equal norm: per model, the fooling rates of a
+    random vector, a random vector in the flat (normals) subspace, in the curved (Hessian) subspace, and the
+    UAP. ``rates[model] = {"random": …, "flat": …, "curved": …, "uap": …}``."""
+    import numpy as np
+
+    kinds = ["random", "flat", "curved", "uap"]
+    models = list(rates)
+    w = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(1.2 + 2.2 * len(models), 3.8))
+    for i, kind in enumerate(kinds):
+        vals = [rates[m].get(kind, float("nan")) for m in models]
+        pos = np.arange(len(models)) + (i - (len(kinds) - 1) / 2) * w
+        bars = ax.bar(pos, vals, w, label=kind)
+        for b, val in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, val + 0.01, f"{100 * val:.0f}%", ha="center", fontsize=7)
+    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set_ylabel("fooling rate")
+    ax.set_ylim(0, 1.05)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
