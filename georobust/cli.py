@@ -435,6 +435,60 @@ def analyse_normals(
         console.print(f"wrote {plots.normal_spectrum({model: ns}, out / 'normals.png')}")
 
 
+# ----------------------------------------------------------------------------------------- universal
+@app.command()
+@_handle_errors
+def universal(
+    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
+    limit: Optional[int] = typer.Option(1000, help="training images X (the first N of the train split)"),
+    eval_limit: Optional[int] = typer.Option(1000, help="held-out images (the first N of the test split)"),
+    norm: str = typer.Option("inf", help="2 or inf"), xi: float = typer.Option(0.2, help="radius ξ of the ball"),
+    delta: float = typer.Option(0.2, help="stop at fooling rate 1 − δ on X"),
+    max_passes: int = typer.Option(10), mode: str = typer.Option("sequential", help="sequential or batched"),
+    chunk: int = typer.Option(256, help="chunk size (batched mode: the DeepFool batch)"),
+    clip: bool = typer.Option(True, help="clamp x + v into the model's bounds"),
+    resume: bool = typer.Option(False, help="resume from OUT/universal.json if it exists"),
+    out: Path = typer.Option(Path("universal_out"), help="write the result (checkpointed each pass) and figures"),
+    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass."""
+    from . import plots
+    from .attacks.universal import universal_perturbation
+    from .models import load_model
+
+    _setup(seed, verbose)
+    dev = _device(device)
+    clf = load_model(model, dev)
+    x, _ = _load_data(data, "train", limit, None)
+    xe, _ = _load_data(data, "test", eval_limit, None)
+    x, xe = x.to(dev), xe.to(dev)
+    with _progress() as prog:
+        task = prog.add_task("pass 1", total=x.shape[0], info="")
+
+        def on_progress(p, done, total, info):
+            prog.update(task, description=f"pass {p + 1}/{max_passes}", completed=done, total=total,
+                        info=f"steps {info['updates']}  ‖v‖ {info['norm']:.3g}")
+
+        def on_pass(r):
+            fe = r.fooling_eval[-1]
+            prog.console.print(f"pass {r.passes}: fooling rate X {r.fooling_train[-1]:.3f}, held-out "
+                               f"{'—' if fe is None else f'{fe:.3f}'}, {r.updates[-1]} steps, {r.pass_seconds[-1]:.1f}s")
+            prog.reset(task, total=x.shape[0])
+
+        res = universal_perturbation(clf, x, xi=xi, norm=norm, delta=delta, max_passes=max_passes, x_eval=xe,
+                                     mode=mode, chunk=chunk, clip=clip, seed=seed, checkpoint=out / "universal",
+                                     resume=resume, on_progress=on_progress, on_pass=on_pass)
+    rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in res.summary().items()]
+    _print_table(f"universal perturbation of {model} on {data}", rows)
+    classes = gdata.info(data).classes if data != "folder" else None
+    with torch.inference_mode():
+        lc = clf(xe[:64]).argmax(1)
+        la = clf((xe[:64] + res.v).clamp(*clf.bounds) if clip else xe[:64] + res.v).argmax(1)
+    plots.universal_perturbation(res.v, out / "perturbation.png", title=f"{model}: L{norm} ξ={xi:g}")
+    plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=classes, bounds=clf.bounds)
+    console.print(f"wrote {out}/universal.json/.safetensors, {out}/perturbation.png, {out}/examples.png")
+
+
 def main():  # pragma: no cover - entry point
     app()
 
