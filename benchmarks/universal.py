@@ -9,7 +9,7 @@ predictions, every perturbation re-applied and clipped here), and the time ratio
 
 Inner DeepFool for all: 10 iterations, overshoot 0.02, 10 candidate classes (ART: ``nb_grads=10``).
 
-    python benchmarks/universal.py            # full: lenet-fmnist, 1,000 train / 1,000 test, L∞ ξ=0.2, 3 passes
+    python benchmarks/universal.py            # full: lenet-fmnist, 500 train / 1,000 test, L∞ ξ=0.2, ≤2 passes
     python benchmarks/universal.py --quick    # seconds: 60 / 100 images, 1 pass
 """
 
@@ -77,12 +77,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default="lenet-fmnist")
-    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--n-train", type=int, default=500)
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--norm", default="inf")
     ap.add_argument("--xi", type=float, default=None, help="default 0.2 (L∞) or 3.0 (L2)")
     ap.add_argument("--delta", type=float, default=0.2)
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-art", action="store_true")

@@ -1,0 +1,63 @@
+"""The universal-perturbation reproduction, benchmark and CLI command, in their quick modes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import needs_fmnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(rel: str):
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_")[:-3], ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@needs_fmnist
+def test_repro_universal_quick(tmp_path):
+    out = _load("repro/universal.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    md = (tmp_path / "universal.md").read_text()
+    assert "Why they exist" in md and "Transfer" in md
+    g = out["geometry"]["fc500-150-10-fmnist"]
+    assert g["uap"] > g["random"] and g["flat"] > g["random"]
+    for f in ("universal_comparison.png", "universal_fooling_vs_xi_inf.png", "universal_v_fc500-150-10-fmnist.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+
+
+@needs_fmnist
+def test_benchmark_universal_quick(capsys):
+    assert _load("benchmarks/universal.py").main(["--quick", "--threads", "1", "--no-art"]) == 0
+    text = capsys.readouterr().out
+    assert "georobust sequential" in text and "georobust batched" in text
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_benchmark_universal_quick_with_art(capsys):
+    assert _load("benchmarks/universal.py").main(["--quick", "--threads", "1"]) == 0
+    assert "ART UniversalPerturbation" in capsys.readouterr().out
+
+
+def test_cli_universal(tmp_path):
+    cmd = [sys.executable, "-m", "georobust.cli", "universal", "--model", "zoo:mlp-digits", "--data", "digits",
+           "--limit", "80", "--eval-limit", "80", "--norm", "inf", "--xi", "0.2", "--max-passes", "2",
+           "--mode", "batched", "--chunk", "20", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((tmp_path / "universal.json").read_text())
+    assert meta["type"] == "UniversalResult" and len(meta["fields"]["fooling_train"]) >= 1
+    assert (tmp_path / "perturbation.png").exists() and (tmp_path / "examples.png").exists()
+    assert "pass 1" in p.stderr
+    bad = subprocess.run(cmd[:-2] + ["--xi", "-1", "--out", str(tmp_path / "b")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bad.returncode == 2 and "xi" in bad.stderr
