@@ -17,6 +17,7 @@ The paper's MNIST LeNet row: ρ_adv 0.20 (DeepFool) / 1.0 (FGSM) / 0.25 (L-BFGS)
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{model}: done ({row['n']} images)", flush=True)
     text = tables(rows)
     header = ("# DeepFool Tables 1–2, reproduced at small scale\n\n"
-              f"Command: `python repro/deepfool_table.py{' --quick' if a.quick else ''}` "
+              f"Command: `python repro/deepfool_table.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
               f"({a.threads} CPU threads, shared machine: times are indicative). Paper (MNIST LeNet): "
               "ρ_adv 0.20 (DeepFool) / 1.0 (FGSM) / 0.25 (L-BFGS); DeepFool 10–100× faster than L-BFGS.\n\n")
     print(text)
