@@ -256,9 +256,10 @@ def test_torchattacks_deepfool_recorded(mlp_digits, digits_test):
     """torchattacks 3.5.1 DeepFool on the same inputs: about half of what it returns is not adversarial.
 
     Measured (mlp-digits, first 30 / 200 test digits): success 0.57 / 0.49 when its outputs are re-run
-    through the model, median L2 of the successes 0.50 / 0.51 (ours 0.46 on 200, success 1.0). It steps
-    from the clipped iterate with the overshoot applied to each step (not to ``r_tot``) and without the
-    reference's 1e-4, so clipped samples creep towards the boundary and stop short after 50 steps.
+    through the model, median L2 of the successes 0.50 / 0.51 (ours 0.46 on 200, success 1.0). Its failures
+    sit *on* the boundary (top-two logit margin ~1e-6): it omits the reference's +1e-4 and applies the
+    overshoot to each step from the clipped iterate rather than to ``r_tot``, so once ``f'_l ≈ 0`` its step
+    vanishes — with 200 steps instead of 50 the success stays 0.57.
     """
     ta = pytest.importorskip("torchattacks")
     x = digits_test[0][:30]
