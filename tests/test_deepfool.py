@@ -269,6 +269,9 @@ def test_torchattacks_deepfool_recorded(mlp_digits, digits_test):
     ours = deepfool(mlp_digits, x)
     assert ours.success.all()
     assert float(s.double().mean()) < 0.75  # the peer's flaw: many returned "adversarial" examples are not
+    with torch.inference_mode():
+        top2 = mlp_digits(xa).topk(2, 1).values
+    assert float((top2[:, 0] - top2[:, 1])[~s].max()) < 1e-3  # ... and they are stuck on the boundary
     assert _median_norm(xa, x, s, "2") > 0.95 * float(ours.l2.median())
 
 
