@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 import warnings
+from functools import partial
 
 import torch
 
@@ -25,6 +26,7 @@ import georobust as gr
 from georobust.attacks.deepfool import deepfool
 
 warnings.filterwarnings("ignore")
+print = partial(print, flush=True)  # noqa: A001 - progress shows up in logs while peers run
 
 
 def _row(method, clf, x, pred, xa, seconds, norm):
