@@ -13,6 +13,17 @@ from georobust.checks import predict
 from georobust.errors import OptionError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Thousands of objective evaluations on tiny tensors: with 2 intra-op threads on a busy 2-core machine
+    each elementwise op (exp, log_softmax) waits ~12 ms at an OpenMP barrier (measured, torch 2.13), which
+    makes these tests 50x slower; one thread measures the attack, not the scheduler."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _minimal_l2(clf, x):
     """min_{k≠ŷ} |f_k − f_ŷ| / ‖w_k − w_ŷ‖₂ (unconstrained by the box) and the argmin class."""
     w, b = clf.module.w.detach(), clf.module.b.detach()

@@ -18,6 +18,16 @@ from georobust.checks import predict
 from georobust.errors import OptionError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Hundreds of steps on tiny tensors: with 2 intra-op threads on a busy 2-core machine each elementwise
+    op waits ~12 ms at an OpenMP barrier (measured, torch 2.13), 50-100x slower than the work itself."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits100(digits_test):
     return digits_test[0][:150], digits_test[1][:150]
