@@ -8,7 +8,7 @@ import torch
 from georobust import registry
 from georobust.errors import InputError, OptionError
 from georobust.geometry.cross_section import cross_section
-from tests.conftest import make_affine
+from conftest import make_affine
 
 
 def test_grid_matches_direct_evaluation(mlp_digits, digits_test):

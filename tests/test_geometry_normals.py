@@ -6,7 +6,7 @@ import torch
 
 from georobust import registry
 from georobust.geometry.normals import boundary_normals, boundary_points, normal_spectrum
-from tests.conftest import make_affine
+from conftest import make_affine
 
 
 def test_boundary_points_lie_on_the_boundary(mlp_digits, digits_test):

@@ -10,7 +10,7 @@ import torch
 from georobust import registry
 from georobust.errors import OptionError
 from georobust.geometry.subspace import noise_robustness, random_bases, subspace_deepfool, subspace_robustness
-from tests.conftest import make_affine
+from conftest import make_affine
 
 
 def _binary(d=50, seed=0):
