@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_affine
 
 from georobust import registry
 from georobust.errors import InputError, OptionError
 from georobust.geometry.cross_section import cross_section
-from conftest import make_affine
 
 
 def test_grid_matches_direct_evaluation(mlp_digits, digits_test):

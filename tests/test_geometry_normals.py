@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import make_affine
 
 from georobust import registry
 from georobust.geometry.normals import boundary_normals, boundary_points, normal_spectrum
-from conftest import make_affine
 
 
 def test_boundary_points_lie_on_the_boundary(mlp_digits, digits_test):

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import make_affine
 
 from georobust import registry
 from georobust.errors import OptionError
 from georobust.geometry.subspace import noise_robustness, random_bases, subspace_deepfool, subspace_robustness
-from conftest import make_affine
 
 
 def _binary(d=50, seed=0):
