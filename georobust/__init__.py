@@ -4,8 +4,8 @@ Everything is a function of ``(model, inputs, labels) -> result``: attack a mode
 of its decision boundary, or train it to be robust.
 """
 
-from . import data, errors, registry
-from .attacks import fgsm
+from . import data, errors, geometry, registry
+from .attacks import deepfool, fgsm, hopskipjump, lbfgs, pgd, qfool, sparsefool, universal_perturbation
 from .checks import predict
 from .defenses import fit
 from .evaluation import accuracy, evaluate
@@ -15,4 +15,5 @@ from .results import AttackResult
 __version__ = "0.1.0"
 
 __all__ = ["Classifier", "AttackResult", "build", "load_model", "pretrained", "save_weights", "predict",
-           "accuracy", "evaluate", "fit", "fgsm", "data", "errors", "registry", "__version__"]
+           "accuracy", "evaluate", "fit", "deepfool", "fgsm", "hopskipjump", "lbfgs", "pgd", "qfool", "sparsefool",
+           "universal_perturbation", "data", "errors", "geometry", "registry", "__version__"]

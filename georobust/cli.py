@@ -34,7 +34,8 @@ app.add_typer(zoo_app, name="zoo")
 analyse_app = typer.Typer(help="Decision-boundary geometry: curvature, cross-sections, subspaces, normals.",
                           no_args_is_help=True)
 app.add_typer(analyse_app, name="analyse")
-console = Console()
+# a wide table when piped (CI logs, files); the terminal's width otherwise
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
@@ -230,6 +231,9 @@ def attack(
     _setup(seed, verbose)
     dev = _device(device)
     entry = registry.attacks.get(name)
+    if entry.kind == "universal":
+        raise OptionError(f"{name!r} computes one perturbation for a whole data set: run `georobust universal` "
+                          "(checkpointed passes, fooling rates, figures)")
     opts = _parse_options(option)
     if eps is not None:
         opts["eps"] = eps

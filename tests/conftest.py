@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +69,16 @@ def fmnist_available() -> bool:
 
 
 needs_fmnist = pytest.mark.skipif(not fmnist_available(), reason="Fashion-MNIST not installed")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(rel: str):
+    """Import a benchmark or reproduction script (``benchmarks/x.py``, ``repro/y.py``) as a module, so a test
+    calls its ``main([... "--quick"])`` in-process and checks the numbers it returns."""
+    name = "script_" + rel.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

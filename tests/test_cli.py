@@ -64,6 +64,8 @@ def test_attack_fgsm_minimal_saves(tmp_path):
     (["attack", "fgsm", "--model", "zoo:nope"], "unknown shipped model"),
     (["attack", "fgsm", "--device", "cuda:7"], "device"),
     (["evaluate", "--norm", "3"], "norm"),
+    (["attack", "universal"], "georobust universal"),
+    (["evaluate", "--attacks", "universal"], "not a per-sample attack"),
 ])
 def test_errors_are_one_line_no_traceback(args, msg):
     p = run(*args, check=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import make_affine
@@ -39,3 +41,36 @@ def test_evaluation_options_checked(mlp_digits, digits_test, tmp_path):
     files = save_evaluation(ev, res, tmp_path)
     assert all(p.exists() for p in files)
     assert ev.robust["fgsm"][0] == pytest.approx(ev.clean_accuracy)
+
+
+def test_black_box_attack_runs_once_and_its_norms_give_the_curve(mlp_digits, digits_test):
+    """QFool/HopSkipJump return the smallest perturbation found within the budget: one run, norms → curve."""
+    from georobust import registry
+
+    x, y = digits_test
+    x, y = x[:12], y[:12]
+    calls = []
+    entry = registry.attacks.get("qfool")
+    fn = entry.fn
+
+    @functools.wraps(fn)
+    def counting(*a, **kw):
+        calls.append(kw)
+        return fn(*a, **kw)
+
+    eps = [0.0, 0.5, 1.0, 2.0]
+    orig = registry.attacks._entries["qfool"]
+    registry.attacks._entries["qfool"] = type(orig)(orig.name, counting, orig.kind, orig.norms, orig.summary)
+    try:
+        ev, results = evaluate(mlp_digits, x, y, attacks=["qfool"], eps=eps, norm=2,
+                               options={"qfool": {"max_queries": 300}})
+    finally:
+        registry.attacks._entries["qfool"] = orig
+    assert len(calls) == 1 and "eps" not in calls[0]
+    r = results["qfool"]
+    assert r.minimal
+    nrm = r.norms("2")
+    correct = r.success.new_tensor((mlp_digits(x).argmax(1) == y).tolist())
+    expect = [((correct & ~(r.success & (nrm <= e + 1e-7))).double().mean().item()) for e in eps]
+    assert ev.robust["qfool"] == pytest.approx(expect)
+    assert ev.robust["qfool"] == sorted(ev.robust["qfool"], reverse=True)

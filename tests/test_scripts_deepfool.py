@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import load_script, needs_fmnist
 from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem + "_deepfool_script", ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_benchmark_quick_digits():
-    out = _load("benchmarks/deepfool.py").main(["--quick", "--threads", "1", "--model", "zoo:mlp-digits",
+    out = load_script("benchmarks/deepfool.py").main(["--quick", "--threads", "1", "--model", "zoo:mlp-digits",
                                                  "--data", "digits", "--peers", "foolbox", "--no-pgd"])
     for norm in ("2", "inf"):
         ours, fb = out[norm]
@@ -35,7 +24,7 @@ def test_benchmark_quick_digits():
 
 
 def test_repro_quick(tmp_path):
-    rows = _load("repro/deepfool_table.py").main(["--quick", "--threads", "1", "--models", "mlp-digits",
+    rows = load_script("repro/deepfool_table.py").main(["--quick", "--threads", "1", "--models", "mlp-digits",
                                                   "--out", str(tmp_path)])
     (row,) = rows
     assert row["model"] == "mlp-digits" and row["n"] == 30

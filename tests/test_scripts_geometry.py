@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").removesuffix(".py"), ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_script
 
 
 def test_hessian_benchmark_quick():
-    out = _load("benchmarks/hessian.py").main(["--quick", "--threads", "1"])
+    out = load_script("benchmarks/hessian.py").main(["--quick", "--threads", "1"])
     assert out["top_rel_err"] < 1e-3 and out["matvecs"] > 0
 
 
 def test_subspace_robustness_quick(tmp_path):
-    out = _load("repro/subspace_robustness.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    out = load_script("repro/subspace_robustness.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     assert (tmp_path / "subspace_robustness.md").exists() and (tmp_path / "subspace_robustness.png").exists()
     assert all(0.5 < b < 2.0 for b in out["mlp-digits"])
 
 
 def test_curvature_profiles_quick(tmp_path):
-    out = _load("repro/curvature_profiles.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    out = load_script("repro/curvature_profiles.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     assert (tmp_path / "curvature_profiles.md").exists() and (tmp_path / "curvature_profiles.png").exists()
     assert out[("mlp-digits", None)][0] == 0.0  # ReLU boundary: zero curvature
     assert math.isfinite(out[("mlp-digits", 10.0)][0])
@@ -38,7 +28,7 @@ def test_curvature_profiles_quick(tmp_path):
 
 @pytest.mark.parametrize("name", ["cross_sections", "normals_spectrum"])
 def test_gallery_quick(tmp_path, name):
-    _load(f"repro/{name}.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    load_script(f"repro/{name}.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     assert (tmp_path / f"{name}.md").exists()
     assert list(tmp_path.glob("*.png"))
 

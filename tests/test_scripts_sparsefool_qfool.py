@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-from conftest import needs_fmnist
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem + "_script", ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_script, needs_fmnist
 
 
 @needs_fmnist
 def test_sparsefool_benchmark_quick():
-    out = _load("benchmarks/sparsefool.py").main(["--quick", "--threads", "1"])
+    out = load_script("benchmarks/sparsefool.py").main(["--quick", "--threads", "1"])
     ours, theirs = out["rows"]
     assert ours["success"] >= theirs["success"] and ours["success"] == 1.0
     assert out["speedup"] > 3
@@ -27,19 +15,19 @@ def test_sparsefool_benchmark_quick():
 
 @needs_fmnist
 def test_qfool_benchmark_quick():
-    out = _load("benchmarks/qfool.py").main(["--quick", "--threads", "1"])
+    out = load_script("benchmarks/qfool.py").main(["--quick", "--threads", "1"])
     for m, s, _ in out["ours"].values():
         assert s == 1.0 and all(v > 0 for v in m.values())
 
 
 def test_sparsefool_repro_quick(tmp_path):
-    out = _load("repro/sparsefool.py").main(["--quick", "--out", str(tmp_path)])
+    out = load_script("repro/sparsefool.py").main(["--quick", "--out", str(tmp_path)])
     assert all(r["success"] > 0.8 for r in out["rows"])
     assert (tmp_path / "sparsefool_examples.png").exists()
 
 
 def test_qfool_repro_quick(tmp_path):
-    out = _load("repro/qfool.py").main(["--quick", "--out", str(tmp_path)])
+    out = load_script("repro/qfool.py").main(["--quick", "--out", str(tmp_path)])
     curves = out["curves"]
     for med in curves.values():
         assert med[-1] <= med[0]

@@ -3,26 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-from conftest import needs_fmnist
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_script, needs_fmnist
 
 
 @pytest.mark.slow
 @needs_fmnist
 def test_training_benchmark_quick():
-    out = _load("benchmarks/training.py").main(["--quick", "--threads", "1"])
+    out = load_script("benchmarks/training.py").main(["--quick", "--threads", "1"])
     s = out["seconds"]
     assert s["ours PGD-AT"] > s["ours CURE"] > 0 and s["ours PGD-AT"] > s["ours fast-AT"]
     # identical seeds and random starts: our PGD-AT and the torchattacks loop train the same model
@@ -32,7 +20,7 @@ def test_training_benchmark_quick():
 @pytest.mark.slow
 @needs_fmnist
 def test_cure_vs_at_quick(tmp_path):
-    out = _load("repro/cure_vs_at.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    out = load_script("repro/cure_vs_at.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     rows = out["rows"]
     assert set(rows) == {"standard", "PGD-AT", "fast-AT", "CURE", "LLR"}
     for r in rows.values():

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import needs_fmnist
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str):
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_")[:-3], ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_script, needs_fmnist
 
 
 @needs_fmnist
 def test_repro_universal_quick(tmp_path):
-    out = _load("repro/universal.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    out = load_script("repro/universal.py").main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     md = (tmp_path / "universal.md").read_text()
     assert "Why they exist" in md and "Transfer" in md
     g = out["geometry"]["fc500-150-10-fmnist"]
@@ -35,7 +24,7 @@ def test_repro_universal_quick(tmp_path):
 
 @needs_fmnist
 def test_benchmark_universal_quick(capsys):
-    assert _load("benchmarks/universal.py").main(["--quick", "--threads", "1", "--no-art"]) == 0
+    assert load_script("benchmarks/universal.py").main(["--quick", "--threads", "1", "--no-art"]) == 0
     text = capsys.readouterr().out
     assert "georobust sequential" in text and "georobust batched" in text
 
@@ -43,7 +32,7 @@ def test_benchmark_universal_quick(capsys):
 @needs_fmnist
 @pytest.mark.slow
 def test_benchmark_universal_quick_with_art(capsys):
-    assert _load("benchmarks/universal.py").main(["--quick", "--threads", "1"]) == 0
+    assert load_script("benchmarks/universal.py").main(["--quick", "--threads", "1"]) == 0
     assert "ART UniversalPerturbation" in capsys.readouterr().out
 
 

@@ -4,9 +4,20 @@ Every submodule not starting with ``_`` is imported here (registering its object
 """
 
 from .._autoload import import_submodules
-from .objectives import Objective, Standard, make_objective
+from .objectives import (
+                         Adversarial,
+                         Cure,
+                         FastAdversarial,
+                         LocalLinearity,
+                         Margin,
+                         Objective,
+                         Standard,
+                         inner_max,
+                         make_objective,
+)
 from .train import History, fit
 
 MODULES = import_submodules(__name__, __path__)
 
-__all__ = ["fit", "History", "Objective", "Standard", "make_objective"]
+__all__ = ["fit", "History", "Objective", "Standard", "Adversarial", "FastAdversarial", "Cure", "LocalLinearity",
+           "Margin", "inner_max", "make_objective"]

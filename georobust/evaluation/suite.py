@@ -1,7 +1,9 @@
 """A whole robustness evaluation: clean accuracy plus robust accuracy versus ε under several attacks.
 
-A minimal-perturbation attack (DeepFool, ...) runs once and its per-sample norms give the whole curve;
-a bounded attack (FGSM, PGD, ...) runs once per ε. The robust accuracy reported for each ε is the
+A minimal-perturbation attack (DeepFool, L-BFGS, ...) and a decision-based black-box attack (QFool,
+HopSkipJump: the smallest perturbation found within the query budget) run once and their per-sample norms
+give the whole curve; a bounded attack (FGSM, PGD, ...) runs once per ε. A universal perturbation is not a
+per-sample attack and is refused here (``georobust universal``). The robust accuracy reported for each ε is the
 *minimum over attacks* per sample (a sample counts as robust only if no attack fooled it).
 """
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_EPS = {"inf": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2), "2": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)}
 #: attacks tried by default, in this order, when registered and supporting the norm
 DEFAULT_ATTACKS = ("fgsm", "pgd", "deepfool")
+#: kinds run once, their per-sample norms giving the whole robust-accuracy curve
+_ONCE = ("minimal", "black-box")
 
 
 @dataclass
@@ -81,6 +85,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
     entries = [registry.attacks.get(a) for a in attacks]
     options = options or {}
     for e in entries:
+        if e.kind not in _ONCE and e.kind != "bounded":
+            raise OptionError(f"attack {e.name!r} ({e.kind}) is not a per-sample attack the suite can run; "
+                              f"use its own command (e.g. georobust universal)")
         if norm not in e.norms:
             raise OptionError(f"attack {e.name!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
         e.check_options(options.get(e.name, {}))
@@ -97,7 +104,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         ta = time.perf_counter()
         robust = correct[:, None].repeat(1, len(eps))
         opts = dict(options.get(e.name, {}))
-        if e.kind == "minimal":
+        if e.kind in _ONCE:
+            if on_attack is not None:
+                on_attack(e.name, 0, 1)
             r = e.fn(clf, x, y, norm=norm, **opts)
             nrm = r.norms(norm)
             for j, ep in enumerate(eps):
