@@ -139,9 +139,12 @@ def zoo_list():
     from .models import ARCHITECTURES, manifest
 
     console.print("architectures: " + ", ".join(ARCHITECTURES))
-    rows = [["model", "arch", "data", "test accuracy", "seed", "command"]]
+    rows = [["model", "arch", "data", "test accuracy", "robust accuracy (PGD L∞)", "seed", "command"]]
     for name, e in manifest().items():
-        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", str(e["seed"]), e["command"]])
+        rob = e.get("robust_accuracy")
+        rob_s = f"{rob['value']:.4f} at ε={rob['eps']:g} (n={rob['n']})" if rob else "—"
+        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", rob_s, str(e["seed"]),
+                     e["command"]])
     _print_table("shipped models", rows)
 
 
