@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="lenet-fmnist,fc500-150-10-fmnist")
-    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--xi-inf", default="0.1,0.2,0.3")
     ap.add_argument("--xi-2", default="2,3,4")
