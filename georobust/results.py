@@ -200,6 +200,11 @@ class UniversalResult(_Saveable):
     DeepFool calls and accepted steps per pass; ``transitions[a, b]``: held-out (else training) samples
     predicted ``a`` clean and ``b`` perturbed, after the last pass; ``converged``: the fooling rate on X
     reached ``1 − δ``.
+
+    ``v`` is Algorithm 1's answer, the perturbation after the last pass. When ξ is too small to reach
+    ``1 − δ`` the fooling rate can *fall* from pass to pass (later updates undo earlier ones), so the result
+    also keeps ``v_best``, the perturbation after the pass ``best_pass`` (0-based) with the highest fooling
+    rate *on X* — chosen on the training set, never on the held-out one, so its held-out rate stays honest.
     """
 
     v: torch.Tensor
@@ -216,6 +221,8 @@ class UniversalResult(_Saveable):
     converged: bool = False
     transitions: torch.Tensor | None = None
     elapsed: float = 0.0
+    v_best: torch.Tensor | None = None
+    best_pass: int = -1
 
     @staticmethod
     def exists(path: str | Path) -> bool:
@@ -230,6 +237,9 @@ class UniversalResult(_Saveable):
         self.updates.append(int(updates))
         self.pass_seconds.append(float(seconds))
         self.elapsed = float(sum(self.pass_seconds))
+        if self.best_pass < 0 or self.fooling_train[-1] > self.fooling_train[self.best_pass]:
+            self.best_pass = len(self.fooling_train) - 1
+            self.v_best = self.v.detach().clone()
 
     @property
     def passes(self) -> int:
@@ -268,6 +278,10 @@ class UniversalResult(_Saveable):
                 "fooling_eval": self.fooling_eval[-1] if self.fooling_eval else None, "v_norm": self.v_norm,
                 "dominant_label": int(dom.argmax()) if int(dom.sum()) else None,
                 "dominant_share": float(dom.max() / dom.sum()) if int(dom.sum()) else None,
+                "best_pass": self.best_pass + 1 if self.best_pass >= 0 else None,
+                "fooling_train_best": self.fooling_train[self.best_pass] if self.best_pass >= 0 else None,
+                "fooling_eval_best": (self.fooling_eval[self.best_pass] if self.best_pass >= 0 and self.fooling_eval
+                                      else None),
                 "updates": int(sum(self.updates)), "attempts": int(sum(self.attempts)), "elapsed": self.elapsed}
 
     def __repr__(self) -> str:

@@ -158,6 +158,24 @@ def test_save_load_roundtrip(tmp_path, mlp_digits, digits_test):
     assert q.fooling_train == r.fooling_train and q.fooling_eval == r.fooling_eval
     assert q.summary()["dominant_label"] == r.summary()["dominant_label"]
     assert int(r.dominant_labels.sum()) == int(round(r.fooling_eval[-1] * 60))
+    assert q.best_pass == r.best_pass and torch.equal(q.v_best, r.v_best)
+
+
+def test_best_pass_is_chosen_on_the_training_set(mlp_digits, digits_test):
+    """``v_best`` is the v after the pass with the highest fooling rate on X; its rates are the recorded ones."""
+    from georobust.attacks.universal import fooling
+
+    x, xe = digits_test[0][:200], digits_test[0][200:400]
+    r = universal_perturbation(mlp_digits, x, xi=0.15, norm="inf", delta=0.0, x_eval=xe, max_passes=4,
+                               mode="batched", chunk=16, seed=3)
+    assert r.passes == 4
+    b = max(range(4), key=lambda p: (r.fooling_train[p], -p))
+    assert r.best_pass == b and r.summary()["best_pass"] == b + 1
+    assert fooling(mlp_digits, x, r.v_best)[0] == pytest.approx(r.fooling_train[b])
+    assert fooling(mlp_digits, xe, r.v_best)[0] == pytest.approx(r.fooling_eval[b])
+    assert r.summary()["fooling_train_best"] == max(r.fooling_train)
+    if b == 3:
+        assert torch.equal(r.v_best, r.v)
 
 
 _CHILD = textwrap.dedent("""
@@ -192,6 +210,7 @@ def test_resume_after_kill_gives_the_same_v(tmp_path, mlp_digits):
     assert resumed.passes == full.passes == 4
     assert torch.equal(resumed.v, full.v)
     assert resumed.fooling_train == full.fooling_train
+    assert resumed.best_pass == full.best_pass and torch.equal(resumed.v_best, full.v_best)
 
 
 def test_resume_refuses_other_settings(tmp_path, mlp_digits, digits_test):
