@@ -9,34 +9,27 @@ copy, since ReLU boundaries have zero curvature). Writes repro/results/cross_sec
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.geometry.cross_section import cross_section
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("-n", type=int, default=6)
     ap.add_argument("--model", default="lenet-fmnist")
     ap.add_argument("--resolution", type=int, default=151)
     ap.add_argument("--beta", type=float, default=10.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.model, a.n, a.resolution = "mlp-digits", 3, 21
     torch.set_num_threads(a.threads)
     clf = pretrained(a.model)
-    dset = "digits" if a.model.endswith("digits") else "fashion-mnist"
+    dset = dataset_of(a.model)
     x, _ = data.load(dset, "test", limit=a.n)
     classes = data.info(dset).classes
     a.out.mkdir(parents=True, exist_ok=True)

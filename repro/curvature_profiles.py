@@ -12,18 +12,15 @@ Softplus(β)-smoothed copy); the curvature along random tangent directions, ``u�
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.geometry.curvature import boundary_curvature, curvature_profile, smoothed
 from georobust.geometry.hessian import HVP, logit_diff_fn
 from georobust.geometry.normals import boundary_points
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def random_tangent_curvature(model, bp, *, directions: int, seed: int) -> torch.Tensor:
@@ -43,16 +40,12 @@ def random_tangent_curvature(model, bp, *, directions: int, seed: int) -> torch.
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--models", default="mlp-digits,lenet-fmnist,fc500-150-10-fmnist")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--beta", type=float, default=10.0, help="Softplus β of the smoothed copies")
     ap.add_argument("--directions", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.n, a.k, a.directions = "mlp-digits", 8, 4, 4
@@ -63,7 +56,7 @@ def main(argv=None) -> dict:
     profiles, curvs, out = {}, {}, {}
     for name in a.models.split(","):
         clf = pretrained(name)
-        dset = "digits" if name.endswith("digits") else "fashion-mnist"
+        dset = dataset_of(name)
         x, y = data.load(dset, "test", limit=a.n)
         t0 = time.perf_counter()
         p = curvature_profile(clf, x, y, k=a.k, seed=a.seed)

@@ -10,28 +10,21 @@ repro/results/normals_spectrum.md + .png.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.geometry.normals import normal_spectrum
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("-n", type=int, default=500, help="points whose normals are used")
     ap.add_argument("--n-eval", type=int, default=500, help="other points on which fooling rates are measured")
     ap.add_argument("--models", default="lenet-fmnist,fc500-150-10-fmnist")
     ap.add_argument("--dims", default="1,5,10,25,50,100,200")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.n, a.n_eval, a.dims = "mlp-digits", 60, 60, "1,5,10"
@@ -44,7 +37,7 @@ def main(argv=None) -> dict:
     results = {}
     for name in a.models.split(","):
         clf = pretrained(name)
-        dset = "digits" if name.endswith("digits") else "fashion-mnist"
+        dset = dataset_of(name)
         x, _ = data.load(dset, "test", limit=a.n + a.n_eval)
         t0 = time.perf_counter()
         ns = normal_spectrum(clf, x[: a.n], x_eval=x[a.n:], dims=dims, seed=a.seed)  # ‖v‖ = 2 × median ‖r*‖

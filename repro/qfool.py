@@ -9,30 +9,23 @@ curve (``result.history``). Writes repro/results/qfool.md + qfool_queries.png.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import parser
 
 from georobust import data, plots, pretrained
 from georobust.attacks.deepfool import deepfool
 from georobust.attacks.hopskipjump import hopskipjump
 from georobust.attacks.qfool import qfool
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--model", default="lenet-fmnist")
     ap.add_argument("--max-queries", type=int, default=10_000)
     ap.add_argument("--subspace", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.model, a.n, a.max_queries, a.subspace = "mlp-digits", 4, 300, 4

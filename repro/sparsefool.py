@@ -9,26 +9,20 @@ FC-500-150-10 (Fashion-MNIST) and the digits MLP; a figure of sparse adversarial
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import parser
 
 from georobust import data, plots, pretrained
 from georobust.attacks.sparsefool import changed_pixels, sparsefool
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, seed=False)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--models", default="lenet-fmnist,fc500-150-10-fmnist,mlp-digits")
     ap.add_argument("--lambdas", default="1,2,3")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.n, a.lambdas = "mlp-digits", 10, "3"

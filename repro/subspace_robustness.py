@@ -10,28 +10,21 @@ random-noise robustness (m = 1) against √d·‖r*‖. Writes repro/results/sub
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.geometry.subspace import noise_robustness, subspace_robustness
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--models", default="lenet-fmnist,fc500-150-10-fmnist")
     ap.add_argument("--directions", type=int, default=5, help="random directions per image (noise)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     ratios = (1 / 4, 1 / 16, 1 / 49, 1 / 100)
     if a.quick:
@@ -51,7 +44,7 @@ def main(argv=None) -> dict:
     results, out = {}, {}
     for name in a.models.split(","):
         clf = pretrained(name)
-        dset = "digits" if name.endswith("digits") else "fashion-mnist"
+        dset = dataset_of(name)
         x, _ = data.load(dset, "test", limit=a.n)
         t0 = time.perf_counter()
         res = subspace_robustness(clf, x, ratios=ratios, seed=a.seed)

@@ -13,21 +13,18 @@ repro/results/universal.md and universal_*.png.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from _common import parser
 
 from georobust import data, plots, pretrained
 from georobust.attacks.universal import transfer_matrix, universal_perturbation
 from georobust.geometry.universal_geometry import universal_geometry
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", default="lenet-fmnist,fc500-150-10-fmnist")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=2000)
@@ -37,10 +34,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk", type=int, default=32, help="batched-mode chunk")
     ap.add_argument("--geometry-points", type=int, default=300)
     ap.add_argument("--m", type=int, default=10, help="flat/curved subspace dimension")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.n_train, a.n_test, a.passes = "fc500-150-10-fmnist", 100, 200, 1

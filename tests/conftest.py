@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,9 @@ def load_script(rel: str):
     """Import a benchmark or reproduction script (``benchmarks/x.py``, ``repro/y.py``) as a module, so a test
     calls its ``main([... "--quick"])`` in-process and checks the numbers it returns."""
     name = "script_" + rel.replace("/", "_").removesuffix(".py")
+    folder = str((ROOT / rel).parent)
+    if folder not in sys.path:  # as when run as `python repro/x.py`: the script's folder is importable
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / rel)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
