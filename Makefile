@@ -54,7 +54,7 @@ lint: install-test
 	$(BIN)/ruff check georobust tests benchmarks repro tools
 
 pytest: install-test
-	$(BIN)/pytest
+	$(BIN)/pytest -m "slow or not slow"   # everything, the slow peer cross-checks included
 
 test: install-test fmnist lint pytest
 
