@@ -53,7 +53,7 @@ from .. import registry
 from ..checks import check_norm, check_positive, predict, prepare
 from ..errors import InputError, OptionError
 from ..results import UniversalResult, _paths, _Saveable
-from ._common import flat_norm
+from ._common import flat_norm, project, steepest_direction
 from .deepfool import deepfool_batch
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,10 @@ def project_ball(v: torch.Tensor, xi: float, norm: str) -> torch.Tensor:
     """``P_{p,ξ}(v)``: the projection of one perturbation onto the L_p ball of radius ``ξ``.
 
     p = 2 rescales ``v`` to norm ``ξ`` when it is longer (and leaves it alone otherwise); p = ∞ clips every
-    coordinate into ``[−ξ, ξ]``. Both are the exact Euclidean projections onto their balls.
+    coordinate into ``[−ξ, ξ]``. Both are the exact Euclidean projections onto their balls (PGD's
+    :func:`~georobust.attacks._common.project`, for a single vector).
     """
-    if norm == "inf":
-        return v.clamp(-xi, xi)
-    if norm == "2":
-        n = v.norm()
-        return v * torch.clamp(xi / n.clamp_min(1e-30), max=1.0)
-    raise OptionError(f"projection onto the {norm} ball is not supported; choose 2 or inf")
+    return project(v[None], xi, norm)[0]
 
 
 def _perturb(x: torch.Tensor, v: torch.Tensor, bounds, clip: bool) -> torch.Tensor:
@@ -88,8 +84,8 @@ def _perturb(x: torch.Tensor, v: torch.Tensor, bounds, clip: bool) -> torch.Tens
 
 def fooling(model, x: torch.Tensor, v: torch.Tensor, *, pred: torch.Tensor | None = None, clip: bool = True,
             batch_size: int = 1024) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Fooling rate of one perturbation ``v`` (shape ``x.shape[1:]``) on ``x``: the fraction of samples whose
-    *predicted* label changes (labels play no part). Returns ``(rate, clean prediction, perturbed prediction)``;
+    """Fooling rate of one perturbation ``v`` (shape ``x.shape[1:]``, or one per sample, shape ``x.shape``) on
+    ``x``: the fraction of samples whose *predicted* label changes (labels play no part). Returns ``(rate, clean prediction, perturbed prediction)``;
     ``model`` must already be a validated classifier, ``pred`` the clean predictions if known."""
     if pred is None:
         pred = predict(model, x, batch_size)
@@ -104,10 +100,7 @@ def random_like(v: torch.Tensor, norm: str, size: float, *, n: int | None = None
     ``n`` draws ``(n, *v.shape)``; otherwise one."""
     shape = (1 if n is None else n, *v.shape)
     z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(v.device, v.dtype)
-    if norm == "inf":
-        r = z.sign() * size
-    else:
-        r = z / z.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * v.ndim)) * size
+    r = steepest_direction(z, norm) * size  # sign(z) for L∞, z/‖z‖₂ for L2
     return r[0] if n is None else r
 
 
@@ -356,13 +349,7 @@ def transfer_matrix(models: dict, perturbations: dict, x, *, clip: bool = True, 
         norms.append(nrm)
         for j, (tgt, c) in enumerate(clfs.items()):
             fool[i, j] = fooling(c, x, v, pred=preds[tgt], clip=clip)[0]
-            acc = 0.0
-            for _ in range(random_draws):
-                r = random_like(v, nrm, size, n=x.shape[0], generator=g)
-                xa = x + r
-                if clip:
-                    xa = xa.clamp(*c.bounds)
-                acc += float((predict(c, xa) != preds[tgt]).double().mean())
-            rand[i, j] = acc / random_draws
+            draws = [random_like(v, nrm, size, n=x.shape[0], generator=g) for _ in range(random_draws)]
+            rand[i, j] = sum(fooling(c, x, r, pred=preds[tgt], clip=clip)[0] for r in draws) / random_draws
     return TransferResult(sources=list(perturbations), targets=list(clfs), fooling=fool, random=rand, norms=norms,
                           n_eval=int(x.shape[0]))

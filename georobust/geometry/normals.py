@@ -22,6 +22,7 @@ import torch
 from .. import registry
 from ..attacks._common import bcast
 from ..attacks.deepfool import deepfool_batch
+from ..attacks.universal import fooling
 from ..checks import check_positive, predict, prepare
 from ..errors import OptionError
 from ..results import _Saveable
@@ -114,16 +115,19 @@ def boundary_normals(model, x, y=None, *, overshoot: float = 0.02, max_iter: int
     (and misclassified ones alike) are flagged in ``converged``; their normal is the gradient at ``x``."""
     bp = boundary_points(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
                          batch_size=batch_size)
-    clf = prepare(model, x[:1])[0]
-    grads = []
-    for i in range(0, x.shape[0], batch_size):
-        sl = slice(i, i + batch_size)
-        fn = logit_diff_fn(clf, bp.other[sl], bp.orig[sl])
-        grads.append(gradient(fn, bp.point[sl]).flatten(1))
-    g = torch.cat(grads)
+    n, gn = unit_normals(prepare(model, x[:1])[0], bp.point, bp.orig, bp.other, batch_size=batch_size)
+    return Normals(normals=n, points=bp.point, r_norm=bp.r_norm, grad_norm=gn, orig=bp.orig, other=bp.other,
+                   converged=bp.converged)
+
+
+def unit_normals(clf, points: torch.Tensor, orig: torch.Tensor, other: torch.Tensor, *,
+                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, ‖g‖)``: the unit normals ``n = g/‖g‖``, ``g = ∇(f_other − f_orig)`` at ``points`` (boundary points,
+    e.g. of :class:`BoundaryPoints`), flattened to ``(N, d)``, batched; ``clf`` is a validated classifier."""
+    g = torch.cat([gradient(logit_diff_fn(clf, other[i : i + batch_size], orig[i : i + batch_size]),
+                            points[i : i + batch_size]).flatten(1) for i in range(0, points.shape[0], batch_size)])
     gn = g.norm(dim=1)
-    return Normals(normals=g / gn.clamp_min(1e-30)[:, None], points=bp.point, r_norm=bp.r_norm, grad_norm=gn,
-                   orig=bp.orig, other=bp.other, converged=bp.converged)
+    return g / gn.clamp_min(1e-30)[:, None], gn
 
 
 # --------------------------------------------------------------------------------------- correlations
@@ -148,13 +152,12 @@ def random_unit(n: int, d: int, *, generator: torch.Generator, device=None, dtyp
     return v / v.norm(dim=1, keepdim=True)
 
 
-def fooling_rate(model, x: torch.Tensor, v: torch.Tensor, *, clip: bool = True, batch_size: int = 1024) -> float:
-    """Fraction of samples whose predicted label changes when ``v`` (per sample, same shape) is added."""
-    clf = prepare(model, x[:1])[0]
-    xa = x + v.reshape(x.shape)
-    if clip:
-        xa = xa.clamp(*clf.bounds)
-    return float((predict(clf, xa, batch_size) != predict(clf, x, batch_size)).double().mean())
+def fooling_rate(model, x: torch.Tensor, v: torch.Tensor, *, clip: bool = True, batch_size: int = 1024,
+                 pred: torch.Tensor | None = None) -> float:
+    """Fraction of samples whose predicted label changes when ``v`` (per sample, same number of elements as
+    ``x``) is added; ``pred``: the clean predictions when already known (saves a forward pass per call).
+    The per-sample form of :func:`georobust.attacks.universal.fooling`."""
+    return fooling(prepare(model, x[:1])[0], x, v.reshape(x.shape), pred=pred, clip=clip, batch_size=batch_size)[0]
 
 
 @registry.analyses.register("normals", kind="analysis")
@@ -186,13 +189,14 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
     n_e = xe.shape[0]
     dims = [int(m) for m in dims if 0 < int(m) <= vh.shape[0]]
     fs = []
+    pred = predict(clf, xe)
     iso = random_unit(n_e, d, generator=gen, device=xe.device, dtype=xe.dtype) * eps
-    fi = fooling_rate(clf, xe, iso)
+    fi = fooling_rate(clf, xe, iso, pred=pred)
     for m in dims:
         z = torch.randn(n_e, m, generator=gen, dtype=torch.float64)
         v = (z @ vh[:m]).to(xe.device, xe.dtype)
         v = v / v.norm(dim=1, keepdim=True) * eps
-        fs.append(fooling_rate(clf, xe, v))
+        fs.append(fooling_rate(clf, xe, v, pred=pred))
     return NormalSpectrum(singular_values=s.float(), random_singular_values=s_rand.float(), basis=vh.float(),
                           dims=dims, eps=float(eps), fooling_subspace=fs, fooling_isotropic=fi,
                           n_normals=int(nm.shape[0]), n_eval=n_e)

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..checks import check_positive, prepare
+from ..attacks.universal import fooling
+from ..checks import check_positive, predict, prepare
 from ..errors import InputError, OptionError
 from ..results import UniversalResult, _Saveable
 from .curvature import smoothed
-from .hessian import averaged_hvp, gradient, lanczos, logit_diff_fn
-from .normals import boundary_points, fooling_rate
+from .hessian import averaged_hvp, lanczos, logit_diff_fn
+from .normals import boundary_points, unit_normals
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,7 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
         raise OptionError("fewer than two boundary points were found; use more images or a larger max_iter")
     pts, k_hat, other = bp.point[ok], bp.orig[ok], bp.other[ok]
     # flat model: unit normals ∇(f_l − f_k̂)/‖·‖ at the boundary points, their top right singular vectors
-    grads = torch.cat([gradient(logit_diff_fn(clf, other[i : i + hvp_batch], k_hat[i : i + hvp_batch]),
-                                pts[i : i + hvp_batch]).flatten(1) for i in range(0, pts.shape[0], hvp_batch)])
-    normals = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    normals, _ = unit_normals(clf, pts, k_hat, other, batch_size=hvp_batch)
     _, s, vh = torch.linalg.svd(normals.double(), full_matrices=False)
     mf = min(m_flat, vh.shape[0])
     flat = vh[:mf].float()
@@ -145,12 +144,12 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     curved = eig.vectors[0]
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_e = xe.shape[0]
+    pred = predict(clf, xe)
     fool = {}
     for kind, basis in (("random", None), ("flat", flat), ("curved", curved)):
-        fool[kind] = fooling_rate(clf, xe, _random_in_span(basis, n_e, d, xi, g, xe), clip=clip)
+        fool[kind] = fooling(clf, xe, _random_in_span(basis, n_e, d, xi, g, xe), pred=pred, clip=clip)[0]
     if v is not None:
-        vs = (v / v.norm() * xi).expand_as(xe)
-        fool["uap"] = fooling_rate(clf, xe, vs, clip=clip)
+        fool["uap"] = fooling(clf, xe, v / v.norm() * xi, pred=pred, clip=clip)[0]
     out = UniversalGeometry(xi=float(xi), fooling=fool, m_flat=mf, m_curved=int(curved.shape[0]),
                             normal_singular_values=s.float().cpu(), hessian_eigenvalues=eig.values[0].cpu(),
                             flat_basis=flat.cpu(), curved_basis=curved.cpu(), n_points=int(ok.sum()), n_eval=n_e,
