@@ -107,6 +107,20 @@ def _setup(seed: int, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
+def _start(model: str, device: str, seed: int, verbose: bool):
+    """Seed, logging, device and the model, as every command that evaluates a model begins: ``(clf, device)``."""
+    from .models import load_model
+
+    _setup(seed, verbose)
+    dev = _device(device)
+    return load_model(model, dev), dev
+
+
+def _classes(data: str) -> list[str] | None:
+    """Class names of a named data set, for figure labels (``folder`` data has none)."""
+    return gdata.info(data).classes if data != "folder" else None
+
+
 def _print_table(title: str, rows: list[list[str]]) -> None:
     t = Table(title=title)
     for h in rows[0]:
@@ -255,7 +269,7 @@ def attack(
     _print_table(f"{name} on {model} / {data} ({split})", rows)
     if out is not None:
         res.save(out / f"result_{name}")
-        classes = gdata.info(data).classes if data != "folder" else None
+        classes = _classes(data)
         plots.adversarial_examples(res, out / f"examples_{name}.png", classes=classes)
         console.print(f"wrote {out}/result_{name}.json/.safetensors and {out}/examples_{name}.png")
 
@@ -277,11 +291,8 @@ def evaluate(
     """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation)."""
     from .evaluation import evaluate as run_eval
     from .evaluation import save_evaluation
-    from .models import load_model
 
-    _setup(seed, verbose)
-    dev = _device(device)
-    clf = load_model(model, dev)
+    clf, dev = _start(model, device, seed, verbose)
     x, y = _load_data(data, split, limit, root)
     names = [a.strip() for a in attacks.split(",")] if attacks else None
     with _progress() as prog:
@@ -295,7 +306,7 @@ def evaluate(
     console.print(f"{model} on {data} ({split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
     _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})", ev.table())
     if out is not None:
-        classes = gdata.info(data).classes if data != "folder" else None
+        classes = _classes(data)
         written = save_evaluation(ev, results, out, classes=classes)
         console.print("wrote " + ", ".join(str(p) for p in written))
 
@@ -306,11 +317,7 @@ _MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or pkg.mod:factory"
 
 def _analysis_inputs(model: str, data: str, split: str, limit: Optional[int], device: str, seed: int,
                      verbose: bool):
-    from .models import load_model
-
-    _setup(seed, verbose)
-    dev = _device(device)
-    clf = load_model(model, dev)
+    clf, dev = _start(model, device, seed, verbose)
     x, y = _load_data(data, split, limit, None)
     return clf, x.to(dev), y.to(dev)
 
@@ -372,7 +379,7 @@ def analyse_cross_section(
         rows.append([str(i), str(int(cs.orig[i])), f"{float(cs.r_norm[i]):.4g}",
                      ",".join(str(c) for c in cs.labels[i].unique().tolist())])
     _print_table(f"normal × {cs.second_kind} cross-sections of {model}", rows)
-    classes = gdata.info(data).classes if data != "folder" else None
+    classes = _classes(data)
     path = plots.cross_sections(cs, out / "cross_sections.png", n=cs.labels.shape[0], classes=classes)
     console.print(f"wrote {path}")
 
@@ -460,12 +467,9 @@ def universal(
 ):
     """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass."""
     from . import plots
-    from .attacks.universal import universal_perturbation
-    from .models import load_model
+    from .attacks.universal import fooling, universal_perturbation
 
-    _setup(seed, verbose)
-    dev = _device(device)
-    clf = load_model(model, dev)
+    clf, dev = _start(model, device, seed, verbose)
     x, _ = _load_data(data, "train", limit, None)
     xe, _ = _load_data(data, "test", eval_limit, None)
     x, xe = x.to(dev), xe.to(dev)
@@ -487,12 +491,10 @@ def universal(
                                      resume=resume, on_progress=on_progress, on_pass=on_pass)
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in res.summary().items()]
     _print_table(f"universal perturbation of {model} on {data}", rows)
-    classes = gdata.info(data).classes if data != "folder" else None
-    with torch.inference_mode():
-        lc = clf(xe[:64]).argmax(1)
-        la = clf((xe[:64] + res.v).clamp(*clf.bounds) if clip else xe[:64] + res.v).argmax(1)
+    _, lc, la = fooling(clf, xe[:64], res.v, clip=clip)
     plots.universal_perturbation(res.v, out / "perturbation.png", title=f"{model}: L{norm} ξ={xi:g}")
-    plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=classes, bounds=clf.bounds)
+    plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=_classes(data),
+                             bounds=clf.bounds)
     console.print(f"wrote {out}/universal.json/.safetensors, {out}/perturbation.png, {out}/examples.png")
 
 
