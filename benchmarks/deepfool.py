@@ -6,7 +6,8 @@ Default (full): lenet-fmnist, the first 1,000 Fashion-MNIST test images, 2 CPU t
 prints seconds, the success rate *verified by re-running the model* on what the method returned, the
 median L2 (L∞ for the L∞ table) over the successes, and the ratios to georobust (time and norm).
 torchattacks' DeepFool loops over samples in Python and is slow; it runs on the first ``--ta-limit``
-images (default 200), and the table says so in its ``n`` column. ART's DeepFool is L2 only.
+images (default 200), and the table says so in its ``n`` column. ART's DeepFool is L2 only. Every method
+is warmed up on a few images before it is timed. The PGD section is ``benchmarks/pgd.py``'s L∞ row.
 
     python benchmarks/deepfool.py            # full
     python benchmarks/deepfool.py --quick    # seconds: 50 images
@@ -15,11 +16,11 @@ images (default 200), and the table says so in its ``n`` column. ART's DeepFool 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from functools import partial
 
+import pgd as pgd_bench  # benchmarks/pgd.py: this script's folder is on sys.path
 import torch
 
 import georobust as gr
@@ -53,6 +54,7 @@ def run_deepfool(clf, x, norm: str, *, ta_limit: int, peers=("foolbox", "torchat
         cls = fb.attacks.L2DeepFoolAttack if norm == "2" else fb.attacks.LinfDeepFoolAttack
         atk = cls(steps=50, candidates=10, overshoot=0.02, loss="logits")
         fm = fb.PyTorchModel(clf, bounds=clf.bounds)
+        atk(fm, x[:8], fb.criteria.Misclassification(pred[:8]), epsilons=None)  # warm-up, as for georobust
         t = time.perf_counter()
         _, xa, _ = atk(fm, x, fb.criteria.Misclassification(pred), epsilons=None)
         rows.append(_row(f"foolbox {cls.__name__}", clf, x, pred, xa, time.perf_counter() - t, norm))
@@ -60,8 +62,10 @@ def run_deepfool(clf, x, norm: str, *, ta_limit: int, peers=("foolbox", "torchat
         import torchattacks
 
         xs = x[:ta_limit]
+        ta = torchattacks.DeepFool(clf, steps=50, overshoot=0.02)
+        ta(x[:2], pred[:2])  # warm-up
         t = time.perf_counter()
-        xa = torchattacks.DeepFool(clf, steps=50, overshoot=0.02)(xs, pred[:ta_limit])
+        xa = ta(xs, pred[:ta_limit])
         rows.append(_row("torchattacks DeepFool", clf, xs, pred[:ta_limit], xa, time.perf_counter() - t, norm))
     if "art" in peers and norm == "2":
         from art.attacks.evasion import DeepFool
@@ -70,6 +74,7 @@ def run_deepfool(clf, x, norm: str, *, ta_limit: int, peers=("foolbox", "torchat
         est = PyTorchClassifier(clf, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
                                 nb_classes=int(clf(x[:1]).shape[1]), clip_values=clf.bounds)
         atk = DeepFool(est, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=len(x), verbose=False)
+        atk.generate(x[:8].numpy())  # warm-up
         t = time.perf_counter()
         xa = torch.from_numpy(atk.generate(x.numpy()))
         rows.append(_row("ART DeepFool", clf, x, pred, xa, time.perf_counter() - t, norm))
@@ -81,31 +86,6 @@ def run_deepfool(clf, x, norm: str, *, ta_limit: int, peers=("foolbox", "torchat
     return rows
 
 
-def run_pgd(clf, x, y, *, eps: float = 0.1, steps: int = 40) -> list[dict] | None:
-    """georobust PGD (L∞) vs torchattacks PGD, same eps/steps/α, random start; None if PGD is missing."""
-    try:
-        from georobust.attacks.pgd import pgd
-    except ImportError:
-        return None
-    import torchattacks
-
-    alpha = 2.5 * eps / steps
-    rows = []
-    for label, early in (("georobust pgd", True), ("georobust pgd (early_stop=False)", False)):
-        t = time.perf_counter()
-        r = pgd(clf, x, y, eps=eps, norm="inf", steps=steps, step_size=alpha, seed=0, early_stop=early)
-        rows.append({"method": label, "seconds": time.perf_counter() - t,
-                     "robust_accuracy": float((~r.success).double().mean())})
-    torch.manual_seed(0)
-    t = time.perf_counter()
-    xa = torchattacks.PGD(clf, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
-    rows.append({"method": "torchattacks PGD", "seconds": time.perf_counter() - t,
-                 "robust_accuracy": float((gr.predict(clf, xa) == y).double().mean())})
-    for r in rows:
-        r["time_ratio"] = r["seconds"] / rows[0]["seconds"]
-    return rows
-
-
 def deepfool_table(rows: list[dict], norm: str) -> str:
     name = "L2" if norm == "2" else "L∞"
     out = [f"| method | n | seconds | time/sample ratio | success (re-run) | median {name} | norm ratio | in bounds |",
@@ -113,13 +93,6 @@ def deepfool_table(rows: list[dict], norm: str) -> str:
     for r in rows:
         out.append(f"| {r['method']} | {r['n']} | {r['seconds']:.2f} | {r['time_ratio']:.2f}× | {r['success']:.3f} | "
                    f"{r['median']:.4f} | {r['norm_ratio']:.4f} | {'yes' if r['in_bounds'] else 'no'} |")
-    return "\n".join(out)
-
-
-def pgd_table(rows: list[dict]) -> str:
-    out = ["| method | seconds | time ratio | robust accuracy |", "|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['method']} | {r['seconds']:.2f} | {r['time_ratio']:.2f}× | {r['robust_accuracy']:.3f} |")
     return "\n".join(out)
 
 
@@ -137,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     n = 50 if a.quick else a.n
-    ta_limit = min(a.ta_limit, 10 if a.quick else a.ta_limit, n)
+    ta_limit = min(10 if a.quick else a.ta_limit, n)
     clf = gr.load_model(a.model)
     x, y = gr.data.load(a.data, "test", limit=n)
     peers = tuple(p.strip() for p in a.peers.split(",") if p.strip())
@@ -149,16 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"## DeepFool {'L2' if norm == '2' else 'L∞'}  (georobust mean iterations "
               f"{rows[0]['mean_iterations']:.2f})\n")
         print(deepfool_table(rows, norm) + "\n")
-    if not a.no_pgd:
-        rows = out["pgd"] = run_pgd(clf, x, y, steps=5 if a.quick else 40)
-        if rows is None:
-            print("## PGD: georobust.attacks.pgd not available, section skipped\n")
-        else:
-            print(f"## PGD L∞ (eps 0.1, {5 if a.quick else 40} steps, α = 2.5·eps/steps, random start, true labels)\n")
-            print(pgd_table(rows) + "\n")
+    if not a.no_pgd:  # the L∞ row of benchmarks/pgd.py, on the same images
+        steps = 5 if a.quick else 40
+        rows = out["pgd"] = pgd_bench.run(clf, x, y, norm="inf", eps=0.1, steps=steps)
+        print(f"## PGD L∞ (eps 0.1, {steps} steps, α = 2.5·eps/steps, random start, true labels)\n")
+        print(pgd_bench.table(rows) + "\n")
     return out
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

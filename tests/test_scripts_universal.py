@@ -24,16 +24,22 @@ def test_repro_universal_quick(tmp_path):
 
 @needs_fmnist
 def test_benchmark_universal_quick(capsys):
-    assert load_script("benchmarks/universal.py").main(["--quick", "--threads", "1", "--no-art"]) == 0
+    rows = load_script("benchmarks/universal.py").main(["--quick", "--threads", "1", "--no-art"])
     text = capsys.readouterr().out
-    assert "georobust sequential" in text and "georobust batched" in text
+    assert [r["method"].split(" (")[0] for r in rows] == ["georobust sequential", "georobust batched"]
+    for r in rows:
+        assert r["method"] in text and r["passes"] == 1
+        assert 0 < r["fool_train"] <= 1 and 0 < r["fool_test"] <= 1  # the perturbation fools something
 
 
 @needs_fmnist
 @pytest.mark.slow
 def test_benchmark_universal_quick_with_art(capsys):
-    assert load_script("benchmarks/universal.py").main(["--quick", "--threads", "1"]) == 0
+    rows = load_script("benchmarks/universal.py").main(["--quick", "--threads", "1"])
     assert "ART UniversalPerturbation" in capsys.readouterr().out
+    art, batched = rows[-1], rows[1]
+    assert art["method"] == "ART UniversalPerturbation" and art["speedup_vs_art"] == 1.0
+    assert 0 <= art["fool_test"] <= 1 and batched["speedup_vs_art"] > 1
 
 
 def test_cli_universal(tmp_path):
