@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from georobust import data, pretrained  # noqa: E402
-from georobust.attacks.hopskipjump import hopskipjump  # noqa: E402
-from georobust.attacks.qfool import qfool  # noqa: E402
+from georobust import data, pretrained
+from georobust.attacks.hopskipjump import hopskipjump
+from georobust.attacks.qfool import qfool
 
 
 class Counting(nn.Module):

@@ -10,17 +10,13 @@ Target (issue 6): ≥ 5× faster at equal or higher success and equal or fewer c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from georobust import data, pretrained  # noqa: E402
-from georobust.attacks.sparsefool import changed_pixels, sparsefool  # noqa: E402
+from georobust import data, pretrained
+from georobust.attacks.sparsefool import changed_pixels, sparsefool
+from georobust.models import manifest
 
 
 def main(argv=None) -> dict:
@@ -37,7 +33,7 @@ def main(argv=None) -> dict:
 
     n = 5 if args.quick else args.n
     clf = pretrained(args.model)
-    x, y = data.load("fashion-mnist" if "fmnist" in args.model else "digits", "test", limit=n)
+    x, y = data.load(manifest()[args.model]["data"], "test", limit=n)
     with torch.inference_mode():
         correct = clf(x).argmax(1) == y
 

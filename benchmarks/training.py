@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from georobust import data, fit, pretrained  # noqa: E402
-from georobust.attacks.pgd import pgd  # noqa: E402
+from georobust import data, fit, pretrained
+from georobust.attacks.pgd import pgd
 
 
 def torchattacks_epoch(model, x, y, *, eps, steps, batch_size, lr, seed) -> float:

@@ -23,20 +23,12 @@ from pathlib import Path
 
 import torch
 
+from georobust import data, fit, plots, pretrained
+from georobust.attacks.deepfool import deepfool
+from georobust.attacks.pgd import pgd
+from georobust.geometry.hessian import hessian_eigs, loss_fn
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from georobust import data, fit, plots, pretrained  # noqa: E402
-from georobust.attacks.pgd import pgd  # noqa: E402
-
-try:  # optional pieces written by other issues
-    from georobust.attacks.deepfool import deepfool
-except ImportError:  # pragma: no cover
-    deepfool = None
-try:
-    from georobust.geometry.hessian import hessian_eigs, loss_fn
-except ImportError:  # pragma: no cover
-    hessian_eigs = None
 
 EPS_LIST = (0.05, 0.1, 0.15)
 
@@ -69,17 +61,15 @@ def evaluate(model, test, ev, args) -> dict:
     for eps in EPS_LIST:
         r = pgd(model, xe, ye, eps=eps, norm="inf", steps=args.pgd_steps, restarts=args.restarts, seed=args.seed)
         row[f"pgd@{eps:g}"] = r.robust_accuracy([eps], "inf")[0]
-    if deepfool is not None:
-        r = deepfool(model, xe, None)
-        ok = r.success
-        row["df_l2"] = float(r.l2[ok].median()) if ok.any() else float("nan")
-        row["df_rho"] = float(r.rho[ok].mean()) if ok.any() else float("nan")
-    if hessian_eigs is not None:
-        xh, yh = xe[:args.hessian_n], ye[:args.hessian_n]
-        vals = hessian_eigs(loss_fn(model, yh), xh, k=args.hessian_k, seed=args.seed).values  # (N, k)
-        prof = vals.abs().sort(1, descending=True).values.mean(0)  # mean over samples, per rank
-        row["profile"] = [float(v) for v in prof]
-        row["lam_max"] = float(prof[0])
+    r = deepfool(model, xe, None)
+    ok = r.success
+    row["df_l2"] = float(r.l2[ok].median()) if ok.any() else float("nan")
+    row["df_rho"] = float(r.rho[ok].mean()) if ok.any() else float("nan")
+    xh, yh = xe[:args.hessian_n], ye[:args.hessian_n]
+    vals = hessian_eigs(loss_fn(model, yh), xh, k=args.hessian_k, seed=args.seed).values  # (N, k)
+    prof = vals.abs().sort(1, descending=True).values.mean(0)  # mean over samples, per rank
+    row["profile"] = [float(v) for v in prof]
+    row["lam_max"] = float(prof[0])
     return row
 
 

@@ -27,17 +27,10 @@ import georobust as gr
 from georobust import plots
 from georobust.attacks.deepfool import deepfool
 from georobust.attacks.fgsm import fgsm
+from georobust.attacks.lbfgs import lbfgs
 
 MODELS = (("lenet-fmnist", "fashion-mnist"), ("fc500-150-10-fmnist", "fashion-mnist"), ("mlp-digits", "digits"))
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _lbfgs():
-    try:
-        from georobust.attacks.lbfgs import lbfgs
-    except ImportError:
-        return None
-    return lbfgs
 
 
 def _timed(fn):
@@ -59,8 +52,7 @@ def run_model(model: str, data: str, n: int, lbfgs_n: int) -> tuple[dict, dict]:
     res, sec = _timed(lambda: fgsm(clf, x, eps=None, norm="inf"))
     results["FGSM (minimal)"] = res
     row["fgsm"] = {**res.summary(), "sec_per_sample": sec / len(x)}
-    lbfgs = _lbfgs()
-    if lbfgs is not None and lbfgs_n > 0:
+    if lbfgs_n > 0:
         xs = x[:lbfgs_n]
         res, sec = _timed(lambda: lbfgs(clf, xs))
         results["L-BFGS"] = res

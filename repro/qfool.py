@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import parser
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.attacks.deepfool import deepfool
@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
         a.model, a.n, a.max_queries, a.subspace = "mlp-digits", 4, 300, 4
     torch.set_num_threads(a.threads)
     clf = pretrained(a.model)
-    x, _ = data.load("digits" if "digits" in a.model else "fashion-mnist", "test", limit=a.n)
+    x, _ = data.load(dataset_of(a.model), "test", limit=a.n)
     cps = [c for c in (100, 200, 500, 1000, 2000, 5000, 10_000) if c < a.max_queries] + [a.max_queries]
     df = deepfool(clf, x)
     floor = float(df.l2[df.success].median())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import parser
+from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.attacks.sparsefool import changed_pixels, sparsefool
@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     example = None
     for name in a.models.split(","):
         clf = pretrained(name)
-        x, y = data.load("digits" if "digits" in name else "fashion-mnist", "test", limit=a.n)
+        x, y = data.load(dataset_of(name), "test", limit=a.n)
         for lam in [float(v) for v in a.lambdas.split(",")]:
             for delta in (None, 0.2):
                 t0 = time.perf_counter()

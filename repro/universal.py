@@ -19,7 +19,7 @@ import torch
 from _common import parser
 
 from georobust import data, plots, pretrained
-from georobust.attacks.universal import transfer_matrix, universal_perturbation
+from georobust.attacks.universal import fooling, transfer_matrix, universal_perturbation
 from georobust.geometry.universal_geometry import universal_geometry
 
 
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
                 base[key].append((xi, float(tm.random[0, 0])))
                 uaps[(name, norm, xi)] = r
                 print(md[-1], flush=True)
-    out["fooling_vs_xi"] = {k: v for k, v in curves.items()}
+    out["fooling_vs_xi"] = dict(curves)
     for norm in ("inf", "2"):
         plots.fooling_vs_xi({k: v for k, v in curves.items() if k.endswith("∞" if norm == "inf" else "2")},
                             a.out / f"universal_fooling_vs_xi_{norm}.png", norm=norm,
@@ -124,9 +124,7 @@ def main(argv=None) -> dict:
     for name, clf in models.items():
         r = uaps[(name, "inf", xi_s)]
         plots.universal_perturbation(r.v, a.out / f"universal_v_{name}.png", title=f"{name}: L∞ ξ={xi_s:g}")
-        with torch.inference_mode():
-            lc = clf(xt[:64]).argmax(1)
-            la = clf((xt[:64] + r.v).clamp(0, 1)).argmax(1)
+        _, lc, la = fooling(clf, xt[:64], r.v)
         plots.universal_examples(xt[:64], r.v, lc, la, a.out / f"universal_examples_{name}.png", classes=classes)
     md += ["", "Figures: `universal_fooling_vs_xi_inf.png`, `universal_fooling_vs_xi_2.png`, "
            "`universal_comparison.png`, `universal_v_<model>.png`, `universal_examples_<model>.png`.", "",
