@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +87,14 @@ def load_script(rel: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def run_cli(*args, check: bool = True, threads: int = 1, timeout: int = 300):
+    """Run the real ``georobust`` command (``python -m georobust.cli ARGS``) in a subprocess; with ``check`` a
+    non-zero exit fails the test with the command's output. Returns the ``CompletedProcess``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "georobust.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
 
 
 def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "georobust.cli", *args], capture_output=True, text=True, env=ENV,
-                       timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
+    return run_cli(*args, check=check, threads=2)
 
 
 def test_help_everywhere():

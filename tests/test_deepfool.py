@@ -74,7 +74,7 @@ def test_affine_all_candidates_vs_fewer():
 
 
 def test_bounds_verified_success_and_independent_norms(mlp_digits, digits_test):
-    x, y = digits_test[0][:200], digits_test[1][:200]
+    x = digits_test[0][:200]
     for norm in ("2", "inf"):
         res = deepfool(mlp_digits, x, norm=norm)
         assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
@@ -91,7 +91,6 @@ def test_bounds_verified_success_and_independent_norms(mlp_digits, digits_test):
                                    rtol=1e-6)
         assert res.iterations is not None and (res.iterations >= 1).all() and (res.iterations <= 50).all()
         assert res.minimal and res.params["norm"] == norm
-    _ = y
 
 
 def test_top_k_candidates_not_random(mlp_digits, digits_test):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import fmnist_available, needs_fmnist
+from conftest import fmnist_available, load_script, needs_fmnist
 from torch import nn
 
 from georobust import Classifier, build, data, load_model, pretrained, save_weights
@@ -130,14 +130,9 @@ def test_fmnist_models_accuracy_recomputed(name, floor):
 @pytest.mark.parametrize("name", sorted(manifest()))
 def test_shipped_robust_accuracy_recomputed(name):
     """The manifest's PGD robust accuracy is what the recorded attack gives today (same seed, same images)."""
-    import importlib.util
-
     e = manifest()[name]
     if e["data"] == "fashion-mnist" and not fmnist_available():
         pytest.skip("Fashion-MNIST not installed")
-    spec = importlib.util.spec_from_file_location("update_manifest", mio.WEIGHTS_DIR.parents[2] / "tools/update_manifest.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    got = tool.robust_accuracy(pretrained(name), e["data"])
+    got = load_script("tools/update_manifest.py").robust_accuracy(pretrained(name), e["data"])
     assert got["value"] == pytest.approx(e["robust_accuracy"]["value"], abs=2e-3)
     assert got["eps"] == e["robust_accuracy"]["eps"] and got["n"] == e["robust_accuracy"]["n"]

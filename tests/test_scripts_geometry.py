@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_script
+from conftest import load_script, run_cli
 
 
 def test_hessian_benchmark_quick():
@@ -34,15 +34,7 @@ def test_gallery_quick(tmp_path, name):
 
 
 def test_cli_analyse_subprocess(tmp_path):
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "georobust.cli", "analyse", "cross-section", "--limit", "2", "--resolution", "11",
-           "--out", str(tmp_path)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1",
-                                                                              "PATH": "/usr/bin:/bin"})
-    assert p.returncode == 0, p.stderr
+    run_cli("analyse", "cross-section", "--limit", "2", "--resolution", "11", "--out", tmp_path, timeout=120)
     assert (tmp_path / "cross_sections.png").exists()
-    p = subprocess.run([sys.executable, "-m", "georobust.cli", "analyse", "subspace", "--ratios", "2"],
-                       capture_output=True, text=True, timeout=120)
+    p = run_cli("analyse", "subspace", "--ratios", "2", check=False, timeout=120)
     assert p.returncode == 2 and "ratios" in p.stderr

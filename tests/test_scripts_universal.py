@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import load_script, needs_fmnist
+from conftest import load_script, needs_fmnist, run_cli
 
 
 @needs_fmnist
@@ -43,16 +40,12 @@ def test_benchmark_universal_quick_with_art(capsys):
 
 
 def test_cli_universal(tmp_path):
-    cmd = [sys.executable, "-m", "georobust.cli", "universal", "--model", "zoo:mlp-digits", "--data", "digits",
-           "--limit", "80", "--eval-limit", "80", "--norm", "inf", "--xi", "0.2", "--max-passes", "2",
-           "--mode", "batched", "--chunk", "20", "--out", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
+    args = ["universal", "--model", "zoo:mlp-digits", "--data", "digits", "--limit", "80", "--eval-limit", "80",
+            "--norm", "inf", "--xi", "0.2", "--max-passes", "2", "--mode", "batched", "--chunk", "20"]
+    p = run_cli(*args, "--out", tmp_path)
     meta = json.loads((tmp_path / "universal.json").read_text())
     assert meta["type"] == "UniversalResult" and len(meta["fields"]["fooling_train"]) >= 1
     assert (tmp_path / "perturbation.png").exists() and (tmp_path / "examples.png").exists()
     assert "pass 1" in p.stderr
-    bad = subprocess.run(cmd[:-2] + ["--xi", "-1", "--out", str(tmp_path / "b")], capture_output=True, text=True,
-                         env=env, timeout=300)
+    bad = run_cli(*args, "--xi", "-1", "--out", tmp_path / "b", check=False)
     assert bad.returncode == 2 and "xi" in bad.stderr

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
+from conftest import needs_fmnist, run_cli
 
 from georobust import Classifier, build, data, fit
 from georobust.defenses.train import robust_accuracy
@@ -88,30 +88,21 @@ def test_fit_rejects_bad_options(digits):
 
 
 def test_cli_train_with_objective(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "m.safetensors"
-    cmd = [sys.executable, "-m", "georobust.cli", "train", "--arch", "mlp", "--data", "digits", "--epochs", "1",
-           "--limit", "128", "--objective", "adversarial", "-O", "eps=0.1", "-O", "steps=2", "--robust-eps", "0.1",
-           "--init", "zoo:mlp-digits", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr + r.stdout
+    run_cli("train", "--arch", "mlp", "--data", "digits", "--epochs", "1", "--limit", "128", "--objective",
+            "adversarial", "-O", "eps=0.1", "-O", "steps=2", "--robust-eps", "0.1", "--init", "zoo:mlp-digits",
+            "--out", out, timeout=120)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["objective"] == "adversarial" and meta["objective_options"] == {"eps": 0.1, "steps": 2}
     assert meta["init"] == "zoo:mlp-digits"
     assert 0 <= meta["history"][-1]["pgd10_robust_accuracy@0.1"] <= 1
 
 
+@needs_fmnist
 @pytest.mark.parametrize("name,min_gain", [("lenet-fmnist-at", 0.3), ("lenet-fmnist-cure", 0.15)])
 def test_shipped_robust_models_are_robust(name, min_gain):
-    from conftest import fmnist_available
-
     from georobust import pretrained
 
-    if not fmnist_available():
-        pytest.skip("Fashion-MNIST not installed")
     x, y = data.load("fashion-mnist", "test", limit=200)
     std, rob = pretrained("lenet-fmnist"), pretrained(name)
     acc_std, acc_rob = (robust_accuracy(m, x, y, eps=0.1) for m in (std, rob))

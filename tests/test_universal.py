@@ -163,8 +163,6 @@ def test_save_load_roundtrip(tmp_path, mlp_digits, digits_test):
 
 def test_best_pass_is_chosen_on_the_training_set(mlp_digits, digits_test):
     """``v_best`` is the v after the pass with the highest fooling rate on X; its rates are the recorded ones."""
-    from georobust.attacks.universal import fooling
-
     x, xe = digits_test[0][:200], digits_test[0][200:400]
     r = universal_perturbation(mlp_digits, x, xi=0.15, norm="inf", delta=0.0, x_eval=xe, max_passes=4,
                                mode="batched", chunk=16, seed=3)
