@@ -44,3 +44,7 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> OptionError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return OptionError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+
+
+class OutputError(GeorobustError, OSError):
+    """An output location cannot be written (checked before any work), or would overwrite earlier work."""
