@@ -48,3 +48,8 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> OptionError:
 
 class OutputError(GeorobustError, OSError):
     """An output location cannot be written (checked before any work), or would overwrite earlier work."""
+
+
+class ResultFileError(GeorobustError, OSError):
+    """A saved result (``.json`` + ``.safetensors`` pair) is missing, truncated, corrupt, or its two files do
+    not belong together."""

@@ -1,27 +1,51 @@
 """Result dataclasses. Each saves itself as ``<path>.json`` (scalars, parameters, summary) beside
-``<path>.safetensors`` (tensors), and loads back without unpickling anything."""
+``<path>.safetensors`` (tensors), and loads back without unpickling anything.
+
+Both files are written atomically (temporary file + rename, :mod:`georobust.storage`), the ``.safetensors``
+first and the JSON last. The JSON records the sha256 of the ``.safetensors`` bytes (``tensors_sha256``) and of
+its own content (``json_sha256``); :meth:`_Saveable.load` verifies both, so a truncated or damaged file, a
+missing half, or two files of different results (one run's JSON beside another's tensors, or a pair torn by a
+kill between the two renames) is a :class:`~georobust.errors.ResultFileError` naming the file, never a
+silently wrong result. Files saved before these checksums existed (no ``tensors_sha256``) still load, with a
+logged warning that their pairing cannot be verified.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
 
 from .checks import check_norm
-from .errors import InputError
+from .errors import OutputError, ResultFileError
+from .storage import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 _TENSOR = "tensor"
+#: version of the saved-result format; 2: the JSON carries ``tensors_sha256`` and ``json_sha256``
+RESULT_FORMAT = 2
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
+    """``(<path>.json, <path>.safetensors)``; a ``.json``/``.safetensors`` suffix on ``path`` is dropped first.
+    Any other dot in the name is kept (``eps0.1`` → ``eps0.1.json``, not ``eps0.json``)."""
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
-    return stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
+
+
+def _json_digest(meta: dict) -> str:
+    """sha256 of a result JSON's content (every key but ``json_sha256``), in a canonical form."""
+    body = {k: v for k, v in meta.items() if k != "json_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _jsonable(v: Any) -> Any:
@@ -37,12 +61,15 @@ def _jsonable(v: Any) -> Any:
 
 
 class _Saveable:
-    """save/load for dataclasses whose tensor fields go to safetensors and the rest to JSON."""
+    """save/load for dataclasses whose tensor fields go to safetensors and the rest to JSON (see the module
+    docstring for the checksums that tie the two files together)."""
 
     def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` then ``<path>.json``, each atomically; return the JSON's path.
+
+        Raises :class:`~georobust.errors.OutputError` when the files cannot be written."""
         jpath, tpath = _paths(path)
-        jpath.parent.mkdir(parents=True, exist_ok=True)
-        tensors, meta = {}, {"type": type(self).__name__, "fields": {}}
+        tensors, meta = {}, {"type": type(self).__name__, "format": RESULT_FORMAT, "fields": {}}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
@@ -52,21 +79,81 @@ class _Saveable:
                 meta["fields"][f.name] = _jsonable(v)
         if hasattr(self, "summary"):
             meta["summary"] = _jsonable(self.summary())
-        save_file(tensors, str(tpath))
-        jpath.write_text(json.dumps(meta, indent=2))
+        data = safetensors.torch.save(tensors)
+        meta["tensors_sha256"] = hashlib.sha256(data).hexdigest()
+        meta = json.loads(json.dumps(meta))  # the form it is read back in, so the digest matches on load
+        meta["json_sha256"] = _json_digest(meta)
+        try:
+            atomic_write_bytes(tpath, data)
+            atomic_write_text(jpath, json.dumps(meta, indent=2))
+        except OSError as e:
+            raise OutputError(f"cannot write {type(self).__name__} to {jpath} and {tpath}: "
+                              f"{e.strerror or e}; choose another location") from None
         return jpath
 
     @classmethod
     def load(cls, path: str | Path):
+        """Load what :meth:`save` wrote at ``path`` (with or without the ``.json`` suffix).
+
+        Raises :class:`~georobust.errors.ResultFileError` (naming the file) when a file is missing, truncated
+        or corrupt, holds another type, or the two files do not belong together."""
         jpath, tpath = _paths(path)
-        meta = json.loads(jpath.read_text())
-        if meta.get("type") != cls.__name__:
-            raise InputError(f"{jpath} holds a {meta.get('type')}, not a {cls.__name__}")
-        tensors = load_file(str(tpath)) if tpath.exists() else {}
+        name = cls.__name__
+        if not jpath.exists() and not tpath.exists():
+            raise ResultFileError(f"no saved {name} at {path}: neither {jpath} nor {tpath} exists")
+        for p, other in ((jpath, tpath), (tpath, jpath)):
+            if not p.is_file():
+                raise ResultFileError(f"{p} is missing (or not a file) beside {other}: a saved {name} is the "
+                                      "two files together; copy both, or save the result again")
+        try:
+            meta = json.loads(jpath.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ResultFileError(f"{jpath} is not a readable result file (truncated or corrupt: "
+                                  f"{type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("fields"), dict):
+            raise ResultFileError(f"{jpath} is not a result file written by georobust (no 'fields')")
+        if meta.get("type") != name:
+            raise ResultFileError(f"{jpath} holds a {meta.get('type')}, not a {name}; load it with "
+                                  f"{meta.get('type')}.load")
+        try:
+            data = tpath.read_bytes()
+        except OSError as e:
+            raise ResultFileError(f"cannot read {tpath}: {e.strerror or e}") from None
+        want = meta.get("tensors_sha256")
+        if want is None:
+            log.warning("%s was saved by an older georobust without checksums: whether %s belongs to it cannot "
+                        "be verified; save it again to add them", jpath, tpath.name)
+        else:
+            if meta.get("json_sha256") != _json_digest(meta):
+                raise ResultFileError(f"{jpath} is corrupt: its content does not match its recorded sha256 "
+                                      "(edited or damaged); save the result again")
+            got = hashlib.sha256(data).hexdigest()
+            if got != want:
+                raise ResultFileError(
+                    f"{tpath} does not belong to {jpath}: its sha256 {got[:12]}… differs from the "
+                    f"{want[:12]}… recorded in the JSON — the file is truncated or damaged, or the two files come "
+                    "from different results (copied separately, or a save was interrupted); save it again")
+        try:
+            tensors = safetensors.torch.load(data)
+        except Exception as e:  # safetensors raises its own error types
+            raise ResultFileError(f"{tpath} is not a readable safetensors file (truncated or corrupt: "
+                                  f"{type(e).__name__})") from None
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         kw = {}
-        for name, v in meta["fields"].items():
-            kw[name] = tensors[name] if v == _TENSOR else v
-        return cls(**kw)
+        for fname, v in meta["fields"].items():
+            if fname not in known:
+                raise ResultFileError(f"{jpath} has a field {fname!r} that {name} does not have "
+                                      "(saved by another georobust version?)")
+            if v == _TENSOR:
+                if fname not in tensors:
+                    raise ResultFileError(f"{tpath} lacks the tensor {fname!r} that {jpath} lists")
+                kw[fname] = tensors[fname]
+            else:
+                kw[fname] = v
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ResultFileError(f"{jpath} does not hold a complete {name}: {e}") from None
 
 
 @dataclass

@@ -41,7 +41,6 @@ an interrupted and resumed run gives the same ``v`` as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ import torch
 
 from .. import registry
 from ..checks import check_norm, check_positive, predict, prepare
-from ..errors import InputError, OptionError
+from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
 from ..results import UniversalResult, _paths, _Saveable
+from ..storage import ensure_writable
 from ._common import flat_norm, project, steepest_direction
 from .deepfool import deepfool_batch
 
@@ -160,19 +160,36 @@ def _chunk_batched(clf, xc, pc, v, *, xi, norm, clip, df):
     return v, n_act, int(acc.numel())
 
 
-def _v_check(v: torch.Tensor) -> float:
-    return round(float(v.double().abs().sum()), 6)
-
-
 def _save_checkpoint(res: UniversalResult, path) -> None:
-    """Save ``res`` to ``path`` through temporary files and renames; the JSON carries a checksum of ``v`` so a
-    torn pair (killed between the two renames) is detected on resume."""
+    """Save ``res`` to ``path`` (``.json`` + ``.safetensors``). :meth:`UniversalResult.save` writes each file
+    atomically, the tensors first, and the JSON last with the sha256 of the tensors and of itself, so a damaged
+    file or a pair torn by a kill between the two renames is refused on resume (:func:`_load_checkpoint`)."""
+    res.save(path)
+
+
+def _load_checkpoint(path) -> UniversalResult | None:
+    """The checkpoint at ``path``, verified; ``None`` when neither of its files exists.
+
+    Raises :class:`~georobust.errors.CheckpointError` naming the file when one of the two files is missing,
+    either is truncated or damaged, or they do not belong together — never restarting silently."""
     jpath, tpath = _paths(path)
-    res.params["v_check"] = _v_check(res.v)
-    jtmp = jpath.with_name(".tmp-" + jpath.name)
-    res.save(jtmp)
-    os.replace(jtmp.with_suffix(".safetensors"), tpath)
-    os.replace(jtmp, jpath)
+    present = [q for q in (jpath, tpath) if q.exists()]
+    if not present:
+        return None
+    fix = ("; restore it, or pass overwrite=True (CLI: --overwrite) to discard it and start from pass 1")
+    if len(present) == 1:
+        missing = tpath if present[0] == jpath else jpath
+        raise CheckpointError(f"universal checkpoint {path} is incomplete: {present[0]} exists but "
+                              f"{missing} does not, so it cannot be resumed{fix}")
+    try:
+        res = UniversalResult.load(path)
+    except ResultFileError as e:
+        raise CheckpointError(f"cannot resume from universal checkpoint {jpath}: {e}{fix}") from None
+    legacy = res.params.pop("v_check", None)  # saved before the sha256 pair check: its old sum check
+    if legacy is not None and legacy != round(float(res.v.double().abs().sum()), 6):
+        raise CheckpointError(f"universal checkpoint {jpath} and {tpath} do not belong together (interrupted "
+                              f"while saving?){fix}")
+    return res
 
 
 @registry.attacks.register("universal", kind="universal", norms=("2", "inf"))
@@ -181,7 +198,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
                            step_norm="2", overshoot: float = 0.02, max_iter: int = 10, candidates: int = 10,
                            clip: bool = True,
                            seed: int = 0, checkpoint: str | Path | None = None, resume: bool = False,
-                           on_progress: Progress | None = None,
+                           overwrite: bool = False, on_progress: Progress | None = None,
                            on_pass: Callable[[UniversalResult], None] | None = None) -> UniversalResult:
     """A universal adversarial perturbation (Moosavi-Dezfooli et al., CVPR 2017, Algorithm 1).
 
@@ -204,8 +221,15 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
             DeepFool converged.
         clip: clamp ``x + v`` into the model's bounds wherever the model sees it (default).
         seed: seeds the order of every pass.
-        checkpoint: save the result after every pass to this path (``.json`` + ``.safetensors``).
-        resume: continue from ``checkpoint`` if it exists (its parameters and X must match).
+        checkpoint: save the result after every pass to this path (``.json`` + ``.safetensors``, each written
+            atomically, the JSON last with the sha256 of both; verified on resume). Its folder is checked to be
+            writable before any work. An existing checkpoint there is never replaced silently: pass ``resume``
+            or ``overwrite``.
+        resume: continue from ``checkpoint`` (its parameters and X must match). Starts from pass 1 when neither
+            file exists; a checkpoint with one file missing, a damaged file, or a torn pair is a
+            :class:`~georobust.errors.CheckpointError`.
+        overwrite: discard an existing ``checkpoint`` and start from pass 1 (without ``resume`` or
+            ``overwrite`` an existing checkpoint is an :class:`~georobust.errors.OutputError`).
         on_progress: ``on_progress(pass, done, total, info)`` after every chunk.
         on_pass: called with the result after every pass.
 
@@ -232,6 +256,19 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
         raise OptionError(f"clip must be True or False, got {clip!r}")
     if resume and checkpoint is None:
         raise OptionError("resume=True needs checkpoint= (the file to resume from)")
+    if resume and overwrite:
+        raise OptionError("resume=True and overwrite=True contradict each other: resume continues the checkpoint, "
+                          "overwrite discards it; pass one of them")
+    saved: UniversalResult | None = None
+    if checkpoint is not None:
+        jck, tck = _paths(checkpoint)
+        ensure_writable(jck, what="universal checkpoint")
+        ensure_writable(tck, what="universal checkpoint")
+        if resume:
+            saved = _load_checkpoint(checkpoint)  # verified before any work
+        elif (jck.exists() or tck.exists()) and not overwrite:
+            raise OutputError(f"a universal checkpoint exists at {jck if jck.exists() else tck}: pass resume=True "
+                              "(CLI: --resume) to continue it or overwrite=True (CLI: --overwrite) to start over")
     clf, x, _, _, k, pred = prepare(model, x, y)
     if x_eval is not None:
         if not isinstance(x_eval, torch.Tensor) or x_eval.shape[1:] != x.shape[1:]:
@@ -248,18 +285,22 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
           "clip": clip}
     res = UniversalResult(v=torch.zeros_like(x[0]), norm=norm, xi=float(xi), delta=float(delta), params=params,
                           num_classes=k)
-    if resume and UniversalResult.exists(checkpoint):
-        res = UniversalResult.load(checkpoint)
-        if res.params.get("v_check") != _v_check(res.v):
-            raise InputError(f"checkpoint {checkpoint}: its .json and .safetensors do not belong together "
-                             "(interrupted while saving?); delete both files and start again")
+    if saved is not None:
+        res = saved
         diff = {key: (res.params.get(key), params[key]) for key in _RESUME_KEYS if res.params.get(key) != params[key]}
         if diff:
             raise OptionError(f"checkpoint {checkpoint} was made with other parameters or data: {diff}; "
-                              "delete it or use the same settings")
+                              "use the same settings, or pass overwrite=True (CLI: --overwrite) to start over")
         res.params["max_passes"] = int(max_passes)
         res.v = res.v.to(x.device, x.dtype)
         log.info("universal: resuming after pass %d (fooling rate %.3f)", res.passes, res.fooling_rate_train)
+    elif resume:
+        log.info("universal: no checkpoint at %s yet; starting from pass 1", checkpoint)
+    elif overwrite and checkpoint is not None:
+        for q in _paths(checkpoint):
+            if q.exists():
+                log.warning("universal: overwrite=True: discarding the earlier checkpoint file %s", q)
+                q.unlink()
     v = res.v.to(x.device, x.dtype)
     step = _chunk_sequential if mode == "sequential" else _chunk_batched
     while res.passes < max_passes and not res.converged:

@@ -144,7 +144,9 @@ def save_evaluation(ev: Evaluation, results: dict[str, AttackResult], out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "evaluation.json"]
-    (out / "evaluation.json").write_text(json.dumps(ev.to_dict(), indent=2))
+    from ..storage import atomic_write_text
+
+    atomic_write_text(out / "evaluation.json", json.dumps(ev.to_dict(), indent=2))  # temp file + rename
     for name, r in results.items():
         written.append(r.save(out / f"result_{name}"))
     written.append(plots.robust_accuracy_curve(ev, out / "robust_accuracy.png"))

@@ -1,8 +1,8 @@
 """Models: the ``Classifier`` wrapper, the zoo of architectures, safe loading and shipped weights."""
 
 from .classifier import Classifier, as_classifier
-from .io import load_model, load_weights, manifest, pretrained, save_weights
+from .io import check_weights_path, load_model, load_weights, manifest, pretrained, save_weights
 from .zoo import ARCHITECTURES, build
 
 __all__ = ["Classifier", "as_classifier", "build", "ARCHITECTURES", "load_model", "load_weights",
-           "save_weights", "pretrained", "manifest"]
+           "save_weights", "check_weights_path", "pretrained", "manifest"]

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ModelError, WeightsError, unknown_name
+from ..storage import atomic_target, atomic_write_text, ensure_writable
 from .classifier import Classifier
 from .zoo import build
 
@@ -37,11 +38,41 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def check_weights_path(path: str | Path, *, overwrite: bool = True) -> Path:
+    """Check, before any training, that :func:`save_weights` can write weights to ``path``; return it.
+
+    The name must end in ``.safetensors``: that suffix is how :func:`load_model` (and ``--model``) recognises
+    weights, so a file without it could be written but never loaded back — it is refused, never silently
+    renamed. The folder must be writable, ``path`` (and the ``.json`` beside it) must not be folders, and with
+    ``overwrite=False`` an existing file is refused. Raises :class:`~georobust.errors.OutputError`.
+    """
+    from ..errors import OutputError
+
+    p = Path(path)
+    if p.suffix != WEIGHTS_SUFFIX:
+        fixed = p.with_suffix(WEIGHTS_SUFFIX) if p.suffix else p.with_name(p.name + WEIGHTS_SUFFIX)
+        raise OutputError(f"weights file {p} must end in {WEIGHTS_SUFFIX} (the suffix by which a model file is "
+                          f"recognised when loaded); use {fixed}")
+    ensure_writable(p, overwrite=overwrite, what="weights file")
+    ensure_writable(p.with_suffix(".json"), overwrite=overwrite, what="weights metadata file")
+    return p
+
+
 def save_weights(model: Classifier, path: str | Path, *, arch: str, input_shape, num_classes: int,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Save a zoo ``Classifier``'s weights to safetensors, with what is needed to rebuild it as metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                 extra: dict[str, Any] | None = None, sidecar: dict[str, Any] | None = None) -> Path:
+    """Save a zoo ``Classifier``'s weights to safetensors, with what is needed to rebuild it as metadata.
+
+    ``path`` must end in ``.safetensors`` (:func:`check_weights_path`, which callers run before training).
+    The file is written atomically (temporary file + rename); ``sidecar``, when given, is written as JSON to
+    ``path`` with the suffix ``.json`` (atomically, after the weights) — the training record ``georobust
+    train`` keeps beside its weights. Raises :class:`~georobust.errors.OutputError` when it cannot write.
+    """
+    from ..errors import OutputError
+
+    path = check_weights_path(path)
     meta = {
         "arch": arch,
         "input_shape": json.dumps(list(input_shape)),
@@ -54,7 +85,13 @@ def save_weights(model: Classifier, path: str | Path, *, arch: str, input_shape,
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-    save_file(state, str(path), metadata=meta)
+    try:
+        with atomic_target(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
+        if sidecar is not None:
+            atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
+    except OSError as e:
+        raise OutputError(f"cannot write weights to {path}: {e.strerror or e}; choose another location") from None
     return path
 
 
