@@ -441,6 +441,7 @@ def test_save_evaluation_is_atomic(tmp_path, monkeypatch):
     save_evaluation(ev, {}, tmp_path)
     first = (tmp_path / "evaluation.json").read_text()
     assert json.loads(first)["robust"] == {"pgd": [0.5]}
+    assert (tmp_path / "robust_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # figures: atomic too
     ev.robust = {"pgd": [0.25]}
     monkeypatch.setattr(storage.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "disk full")))
     with pytest.raises(OSError):
