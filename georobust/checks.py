@@ -2,10 +2,37 @@
 
 Conventions (DESIGN.md): inputs are float32 ``(N, C, H, W)`` or ``(N, D)`` inside the model's bounds,
 labels int64 ``(N,)``; the model returns logits ``(N, K)`` and is in eval mode.
+
+**dtype policy.** Inputs of any floating dtype (float16, bfloat16, float32, float64) are accepted and
+converted to the dtype of the model's floating parameters (float32 for a model without any) before any
+work, with a logged note (INFO) when a conversion happens; attacks and geometry then compute in the model's
+dtype. So a float32 model given float64 inputs runs in float32, and a float64 model (``model.double()``,
+as the geometry tools use on purpose for exact Hessian spectra) given float32 or float64 inputs runs in
+float64. Integer, bool and complex inputs are refused.
+
+**Shape.** When the model knows the shape of one input (``Classifier.input_shape``, recorded in the weights
+written by ``save_weights`` and the zoo), inputs of another shape are refused with both shapes named. When
+it does not, the first probe forward pass on two samples is the check: if the model raises there, the error
+is a :class:`~georobust.errors.ModelError` quoting the input shape and the first line of torch's message.
+
+**Probabilities.** A model must return logits. If its outputs on the probe batch are all non-negative with
+rows summing to 1 (up to float round-off, ``8·K·eps`` of the output dtype) it very likely ends in a softmax:
+minimal perturbations, robust accuracy and geometry are then wrong (a softmax saturates, its gradients
+vanish). This is not refused, but warned about loudly: a logged WARNING, the message in the model's
+``output_warnings`` and in the ``warnings`` of every ``AttackResult`` and ``Evaluation`` made with it. The fix
+is ``Classifier(module, logits="log")`` or ``load_model(spec, logits="log")``.
+
+**Counts and sizes.** Every count of iterations of an attack (``steps``, ``max_iter``, ``restarts``,
+``max_passes``, ``search_steps``, evaluation and query budgets) must be an integer >= 1: an attack asked to
+do no work is refused (:class:`~georobust.errors.OptionError`), not run as a no-op. A size that cannot be
+met (more eigenvalues than the input dimension, a subspace larger than the number of normals) is refused
+before any work, never silently cut.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 from typing import Any
 
@@ -15,8 +42,18 @@ from torch import nn
 from .errors import InputError, ModelError, OptionError
 from .models.classifier import Classifier, as_classifier
 
+log = logging.getLogger(__name__)
+
 #: float round-off after normalisation may push inputs this far outside the bounds; it is clamped away.
 BOUNDS_TOL = 1e-6
+
+#: the warning attached to results of a model whose outputs look like probabilities
+PROBABILITIES_WARNING = (
+    "the model's outputs look like probabilities (non-negative, each row sums to 1), not logits: minimal "
+    "perturbations, robust accuracies and geometry measured on them are wrong (a softmax saturates). "
+    "Remove the final softmax, or wrap the model as Classifier(module, logits='log') / "
+    "load_model(spec, logits='log') (CLI: --logits log)"
+)
 
 
 def check_x(x: Any, bounds: tuple[float, float] = (0.0, 1.0), *, name: str = "x") -> torch.Tensor:
@@ -46,6 +83,60 @@ def check_x(x: Any, bounds: tuple[float, float] = (0.0, 1.0), *, name: str = "x"
     if xmin < lo or xmax > hi:
         x = x.clamp(lo, hi)
     return x
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs are converted to for ``model``: that of its first floating parameter (else buffer),
+    float32 for a model without any."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def match_dtype(x: torch.Tensor, model: nn.Module, *, name: str = "x") -> torch.Tensor:
+    """Convert ``x`` to :func:`model_dtype` (the module docstring's dtype policy), with a logged note."""
+    dt = model_dtype(model)
+    if x.dtype != dt:
+        log.info("%s is %s but the model computes in %s: converting %s to %s", name,
+                 str(x.dtype).removeprefix("torch."), str(dt).removeprefix("torch."), name,
+                 str(dt).removeprefix("torch."))
+        x = x.to(dt)
+    return x
+
+
+def _fmt_shape(shape) -> str:
+    return "(N, " + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def check_input_shape(model: nn.Module, x: torch.Tensor, *, name: str = "x") -> None:
+    """Refuse ``x`` if ``model`` declares ``input_shape`` (one sample) and ``x``'s samples have another shape."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        return
+    shape = tuple(shape)
+    got = tuple(x.shape[1:])
+    if got == shape:
+        return
+    mname = getattr(model, "name", type(model).__name__)
+    if tuple(x.shape) == shape:
+        hint = f"this is one sample without the batch dimension: use {name}.unsqueeze(0)"
+    elif math.prod(got) == math.prod(shape):
+        hint = f"the sizes match: reshape with {name}.reshape(-1, {', '.join(map(str, shape))})"
+    else:
+        hint = "use data of the shape the model was trained on, or another model"
+    raise InputError(
+        f"model {mname!r} expects inputs of shape {_fmt_shape(shape)}, but {name} has shape {tuple(x.shape)}; {hint}"
+    )
+
+
+def _looks_like_probabilities(out: torch.Tensor) -> bool:
+    """Non-negative rows that sum to 1 up to the round-off of summing ``K`` values (``8·K·eps``)."""
+    if not out.is_floating_point() or bool((out < 0).any()):
+        return False
+    o = out.detach().double()
+    tol = 8 * out.shape[1] * torch.finfo(out.dtype).eps
+    return bool(((o.sum(1) - 1).abs() <= tol).all())
 
 
 def check_labels(y: Any, n: int, num_classes: int | None = None, *, name: str = "y") -> torch.Tensor:
@@ -89,8 +180,23 @@ def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, 
     p = next(clf.parameters(), None)
     if p is not None and p.device != x.device:
         raise ModelError(f"model is on {p.device} but inputs are on {x.device}; move one of them")
-    with torch.inference_mode():
-        out = clf(x[:2])
+    check_input_shape(clf, x)
+    probe = match_dtype(x[:2], clf) if x.is_floating_point() else x[:2]
+    try:
+        with torch.inference_mode():
+            out = clf(probe)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = ""
+        if x.ndim == 3:
+            hint = " (a 3-D x is read as a batch (N, H, W); one image (C, H, W) needs x.unsqueeze(0))"
+        elif x.ndim == 2:
+            hint = " (flat (N, D) inputs; an image model needs (N, C, H, W): x.reshape(N, C, H, W))"
+        raise ModelError(
+            f"the model fails on inputs of shape {tuple(x.shape)} (one sample: {tuple(x.shape[1:])}, "
+            f"{str(probe.dtype).removeprefix('torch.')}){hint}: {first} — give inputs of the shape the model "
+            "expects"
+        ) from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, x.shape[0]):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model must return logits of shape (N, K); for {min(2, x.shape[0])} inputs it returned {shape}")
@@ -98,6 +204,13 @@ def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, 
         raise ModelError(f"model returns {out.shape[1]} logit(s); a classifier needs K >= 2 (use two logits for binary)")
     if not torch.isfinite(out).all():
         raise ModelError("model returns NaN or inf logits on these inputs")
+    warnings = []
+    if _looks_like_probabilities(out):
+        warnings.append(PROBABILITIES_WARNING)
+        if not getattr(clf, "_probabilities_logged", False):
+            log.warning("%s: %s", clf.name, PROBABILITIES_WARNING)
+            clf._probabilities_logged = True  # type: ignore[attr-defined]
+    clf.output_warnings = warnings
     return clf, int(out.shape[1])
 
 
@@ -122,6 +235,13 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False, integer: 
     return value
 
 
+def check_iterations(value: Any, name: str) -> int:
+    """An iteration count of an attack: an integer >= 1 (the rule of the module docstring)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"{name} counts iterations and must be an integer >= 1, got {value!r}")
+    return value
+
+
 def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False):
     """The common preamble of an attack: validate model, inputs, labels and targets.
 
@@ -132,6 +252,8 @@ def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_req
         raise ModelError(f"expected a torch.nn.Module returning logits (N, K), got {type(model).__name__}")
     clf = as_classifier(model)
     x = check_x(x, clf.bounds)
+    check_input_shape(clf, x)
+    x = match_dtype(x, clf)
     clf, k = check_model(clf, x)
     if y is None:
         if labels_required:
@@ -148,7 +270,7 @@ def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_req
         pred = predict(clf, x)
     if y is None:
         y = pred.clone()
-    return clf, x.float(), y, target, k, pred
+    return clf, x, y, target, k, pred
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -20,7 +20,7 @@ import time
 import torch
 
 from .. import registry
-from ..checks import check_norm, check_positive, prepare
+from ..checks import check_iterations, check_norm, check_positive, prepare
 from ..results import AttackResult, make_result
 from ._common import bcast, loss_grad, steepest_direction
 
@@ -48,7 +48,7 @@ def fgsm(model, x, y=None, *, eps: float | None = None, norm="inf", target=None,
     if eps is not None:
         check_positive(eps, "eps", allow_zero=True)
     check_positive(grid, "grid", integer=True)
-    check_positive(search_steps, "search_steps", integer=True, allow_zero=True)
+    check_iterations(search_steps, "search_steps")
     clf, x, y, target, _, pred = prepare(model, x, y, target=target)
     lo, hi = clf.bounds
     t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def _solve(clf, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, c
         zt = torch.from_numpy(z).view(shape)
         r = zt - x64
         with torch.enable_grad():
-            zf = zt.to(dev, torch.float32).requires_grad_(True)
+            zf = zt.to(dev, x.dtype).requires_grad_(True)
             ell = _loss(clf(zf), y, target)
             (gl,) = torch.autograd.grad(ell.sum(), zf)
         f = float((c64 * r * r).sum() + ell.detach().double().sum())
@@ -84,7 +84,7 @@ def _solve(clf, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, c
         res = minimize(fun, z0, jac=True, method="L-BFGS-B",
                        bounds=Bounds(np.full_like(z0, lo), np.full_like(z0, hi)),
                        options={"maxiter": max_iter, "maxcor": memory, "ftol": 1e-12, "gtol": 1e-9})
-    z = torch.from_numpy(res.x).view(shape).to(dev, torch.float32).clamp(lo, hi)
+    z = torch.from_numpy(res.x).view(shape).to(dev, x.dtype).clamp(lo, hi)
     return z, int(res.nfev)
 
 

@@ -33,7 +33,7 @@ import time
 import torch
 
 from .. import registry
-from ..checks import check_norm, check_positive, prepare
+from ..checks import check_iterations, check_norm, check_positive, prepare
 from ..errors import OptionError
 from ..results import AttackResult, make_result
 from ._common import attack_loss, bcast, loss_grad, project, steepest_direction
@@ -103,8 +103,8 @@ def pgd(model, x, y=None, *, eps: float, norm="inf", steps: int = 40, step_size:
     """
     norm = check_norm(norm)
     check_positive(eps, "eps", allow_zero=True)
-    check_positive(steps, "steps", integer=True, allow_zero=True)
-    check_positive(restarts, "restarts", integer=True)
+    check_iterations(steps, "steps")
+    check_iterations(restarts, "restarts")
     check_positive(batch_size, "batch_size", integer=True)
     if step_size is None:
         step_size = 2.5 * float(eps) / max(steps, 1)

@@ -3,11 +3,18 @@
 Every loader returns ``(x, y)``: float32 inputs in ``[0, 1]`` of shape ``(N, C, H, W)`` (or ``(N, D)``
 for vector data) and int64 labels ``(N,)``. ``info(name)`` describes a data set, and ``datasets()``
 lists them with their availability on this machine.
+
+Data-set options (``spheres``: ``dim``, ``r_inner``, ``r_outer``, ``n``, ``seed``; ``folder``: ``root``,
+``size``, ``channels``) are checked by :func:`check_options` before anything is read: an unknown option is
+an :class:`~georobust.errors.OptionError` listing the valid ones, and values given as strings (the CLI's
+``-D key=value``) are converted to the option's type.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,7 +39,67 @@ def _names():
     return ("digits", "fashion-mnist", "spheres", "folder")
 
 
+def _int(key: str, v: Any) -> int:
+    if isinstance(v, str):
+        try:
+            v = int(v.strip())
+        except ValueError:
+            raise OptionError(f"data option {key} must be an integer, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise OptionError(f"data option {key} must be an integer, got {v!r}")
+    return v
+
+
+def _float(key: str, v: Any) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise OptionError(f"data option {key} must be a number, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise OptionError(f"data option {key} must be a number, got {v!r}")
+    return float(v)
+
+
+def _path(key: str, v: Any) -> Path:
+    if not isinstance(v, (str, Path)) or not str(v):
+        raise OptionError(f"data option {key} must be a folder path, got {v!r}")
+    return Path(v).expanduser()
+
+
+#: the options of each data set and their types (a string value is converted)
+OPTIONS = {
+    "digits": {},
+    "fashion-mnist": {},
+    "spheres": {"dim": _int, "r_inner": _float, "r_outer": _float, "n": _int, "seed": _int},
+    "folder": {"root": _path, "size": folder.parse_size, "channels": folder.parse_channels},
+}
+ALIASES = {"fmnist": "fashion-mnist"}
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate and convert the options of data set ``name``; return them (nothing is read).
+
+    Raises :class:`~georobust.errors.OptionError` for an unknown data set, an unknown option (listing the
+    valid ones) or a value of the wrong type.
+    """
+    canon = ALIASES.get(name, name)
+    if canon not in OPTIONS:
+        raise unknown_name("data set", name, _names())
+    spec = OPTIONS[canon]
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in spec:
+            if not spec:
+                raise OptionError(f"unknown option of data set {canon!r}: {key}={value!r}; {canon} takes no options")
+            raise unknown_name(f"option of data set {canon!r}", key, spec)
+        out[key] = None if value is None else spec[key](key, value)
+    return out
+
+
 def info(name: str, **options) -> DataInfo:
+    """Describe data set ``name``; for ``folder`` with ``root=`` the classes are the sub-folders found."""
+    options = check_options(name, options)
     if name == "digits":
         return DataInfo(name, digits.SHAPE, 10, digits.CLASSES, True,
                         "scikit-learn's embedded 8x8 handwritten digits", {"train": 1257, "test": 540})
@@ -45,7 +112,9 @@ def info(name: str, **options) -> DataInfo:
         return DataInfo(name, (dim,), 2, ["inner", "outer"], True,
                         "concentric spheres (Gilmer et al. 2018), generated", dict(synthetic.SIZES))
     if name == "folder":
-        return DataInfo(name, (), 0, [], bool(options.get("root")),
+        root = options.get("root")
+        classes = folder.classes(root) if root is not None else []
+        return DataInfo(name, (), len(classes), classes, bool(classes),
                         "a folder of images, one sub-folder per class (needs root=)", {})
     raise unknown_name("data set", name, _names())
 
@@ -59,17 +128,14 @@ def load(name: str, split: str = "test", limit: int | None = None, **options) ->
 
     ``limit`` keeps the first ``limit`` samples (the order is fixed, so the same limit gives the same
     samples). Options: ``spheres`` takes ``dim``, ``r_inner``, ``r_outer``, ``n``, ``seed``; ``folder``
-    takes ``root``, ``size``, ``channels``.
+    takes ``root``, ``size`` (``16`` or ``(H, W)``; default: the first image's size) and ``channels`` (1 or 3;
+    default: 1 when every image is grayscale, else 3). Options are checked first (:func:`check_options`).
     """
     if split not in SPLITS:
         raise unknown_name("split", split, SPLITS)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise OptionError(f"limit must be a positive integer or None, got {limit!r}")
-    allowed = {"spheres": {"dim", "r_inner", "r_outer", "n", "seed"},
-               "folder": {"root", "size", "channels"}}.get(name, set())
-    for k in options:
-        if k not in allowed:
-            raise unknown_name(f"option of data set {name!r}", k, allowed or {"(none)"})
+    options = check_options(name, options)
     if name == "digits":
         x, y = digits.load(split)
     elif name in ("fashion-mnist", "fmnist"):
@@ -85,4 +151,4 @@ def load(name: str, split: str = "test", limit: int | None = None, **options) ->
     return x.contiguous(), y.contiguous()
 
 
-__all__ = ["load", "info", "datasets", "DataInfo", "SPLITS"]
+__all__ = ["load", "info", "datasets", "check_options", "DataInfo", "OPTIONS", "SPLITS"]

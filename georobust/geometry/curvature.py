@@ -82,6 +82,9 @@ def curvature_profile(model, x, y=None, *, k: int = 10, steps: int | None = None
     check_positive(batch_size, "batch_size", integer=True)
     clf, x, y, _, _, _ = prepare(model, x, y)
     d = x[0].numel()
+    if k > d:
+        raise OptionError(f"k = {k} exceeds the input dimension d = {d}: the input Hessian has only {d} "
+                          f"eigenvalues; use k <= {d}")
     vals = []
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)
@@ -140,14 +143,17 @@ def boundary_curvature(model, x, y=None, *, k: int = 5, steps: int | None = None
     ``directions=True`` also returns the principal directions of the ``k`` largest curvatures."""
     check_positive(k, "k", integer=True)
     clf, x, y, _, _, _ = prepare(model, x, y)
+    d = x[0].numel()
+    if d < 2:
+        raise OptionError("the boundary of a 1-D input has no tangent space")
+    if k > d - 1:
+        raise OptionError(f"k = {k} exceeds the dimension of the boundary's tangent space, d − 1 = {d - 1}; "
+                          f"use k <= {d - 1}")
     if softplus_beta is not None:
         clf = smoothed(clf, softplus_beta)
     bp = boundary_points(clf, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
                          batch_size=batch_size)
-    d = x[0].numel()
-    if d < 2:
-        raise OptionError("the boundary of a 1-D input has no tangent space")
-    kk = min(k, d - 1)
+    kk = k
     big, small, gns, nrm, dirs = [], [], [], [], []
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)

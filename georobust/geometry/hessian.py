@@ -210,7 +210,10 @@ def lanczos(matvec: MatVec, n: int, d: int, *, k: int = 10, which: str = "larges
     if tol is None:
         tol = 1e-10 if dtype == torch.float64 else 1e-5
     dim = d - (0 if deflate is None else deflate.shape[1])
-    k = min(k, dim)
+    if k > dim:
+        raise OptionError(f"k = {k} eigenpairs asked for, but the operator acts on a space of dimension {dim}"
+                          f"{'' if deflate is None else f' (d = {d} minus {deflate.shape[1]} deflated)'}; "
+                          f"use k <= {dim}")
     m = min(dim, steps if steps is not None else max(2 * k + 20, 40))
     m = max(m, k)
     if generator is None:

@@ -160,6 +160,29 @@ def fooling_rate(model, x: torch.Tensor, v: torch.Tensor, *, clip: bool = True, 
     return fooling(prepare(model, x[:1])[0], x, v.reshape(x.shape), pred=pred, clip=clip, batch_size=batch_size)[0]
 
 
+def _check_dims(dims, x) -> list[int]:
+    """``dims`` as a list of positive ints, each at most ``min(N, d)`` of ``x`` — refused otherwise."""
+    if isinstance(dims, (int, float)) and not isinstance(dims, bool):
+        dims = [dims]
+    try:
+        dims = list(dims)
+    except TypeError:
+        raise OptionError(f"dims must be a sequence of positive integers, got {dims!r}") from None
+    if not dims:
+        raise OptionError("dims is empty; give at least one subspace dimension, e.g. dims=(1, 5, 10)")
+    for m in dims:
+        check_positive(m, "each of dims", integer=True)
+    if isinstance(x, torch.Tensor) and x.ndim >= 2:
+        cap = min(int(x.shape[0]), int(x[0].numel()))
+        big = [m for m in dims if m > cap]
+        if big:
+            raise OptionError(
+                f"dims {big} exceed min(N, d) = {cap}: {x.shape[0]} samples give at most {cap} independent "
+                f"boundary normals; use dims <= {cap} or more samples"
+            )
+    return [int(m) for m in dims]
+
+
 @registry.analyses.register("normals", kind="analysis")
 def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), eps: float | None = None,
                     seed: int = 0, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
@@ -169,9 +192,13 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
     L2 norm ``eps`` drawn uniformly from the span of the top ``m`` right singular vectors, for each ``m`` in
     ``dims``, against isotropic random vectors of the same norm (clipped into the bounds).
 
-    ``eps`` defaults to ``2 ×`` the median DeepFool norm ``‖r*‖`` at ``x``.
+    ``eps`` defaults to ``2 ×`` the median DeepFool norm ``‖r*‖`` at ``x``. Every ``m`` in ``dims`` must be
+    a positive integer at most ``min(N, d)`` (the rank of the normals' matrix), else it is refused before any
+    work; an ``m`` above the number of normals actually found (not every sample converges) is left out
+    of ``dims`` with a logged warning.
     """
     check_positive(seed, "seed", integer=True, allow_zero=True)
+    dims = _check_dims(dims, x)
     nr = boundary_normals(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
     clf = prepare(model, x[:1])[0]
     nm = nr.normals[nr.converged]
@@ -187,7 +214,11 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
     check_positive(eps, "eps")
     xe = x if x_eval is None else prepare(model, x_eval)[1]
     n_e = xe.shape[0]
-    dims = [int(m) for m in dims if 0 < int(m) <= vh.shape[0]]
+    dropped = [m for m in dims if m > vh.shape[0]]
+    if dropped:
+        log.warning("normal_spectrum: only %d boundary normals were found (of %d samples), so dims %s are left "
+                    "out; use more samples or a larger max_iter", nm.shape[0], x.shape[0], dropped)
+    dims = [m for m in dims if m <= vh.shape[0]]
     fs = []
     pred = predict(clf, xe)
     iso = random_unit(n_e, d, generator=gen, device=xe.device, dtype=xe.dtype) * eps

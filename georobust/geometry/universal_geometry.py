@@ -110,6 +110,12 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     check_positive(seed, "seed", integer=True, allow_zero=True)
     check_positive(hvp_batch, "hvp_batch", integer=True)
     clf, x, _, _, _, _ = prepare(model, x)
+    d0 = x[0].numel()
+    if m_flat > min(x.shape[0], d0):
+        raise OptionError(f"m_flat = {m_flat} exceeds min(N, d) = {min(x.shape[0], d0)}: {x.shape[0]} images give at "
+                          f"most that many independent boundary normals; use a smaller m_flat or more images")
+    if m_curved > d0:
+        raise OptionError(f"m_curved = {m_curved} exceeds the input dimension d = {d0}; use m_curved <= {d0}")
     xe = x if x_eval is None else prepare(clf, x_eval)[1]
     v = None
     if uap is not None:
@@ -135,11 +141,15 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     normals, _ = unit_normals(clf, pts, k_hat, other, batch_size=hvp_batch)
     _, s, vh = torch.linalg.svd(normals.double(), full_matrices=False)
     mf = min(m_flat, vh.shape[0])
+    if mf < m_flat:
+        log.warning("universal_geometry: only %d boundary normals were found, so the flat subspace has dimension "
+                    "%d, not m_flat = %d (the result records it as m_flat); use more images or a larger max_iter",
+                    vh.shape[0], mf, m_flat)
     flat = vh[:mf].float()
     # curved model: top eigenvectors of the averaged Hessian of f_l − f_k̂ at the boundary points
     hmodel = smoothed(clf, softplus_beta) if softplus_beta is not None else clf
     mv = averaged_hvp(logit_diff_fn(hmodel, other, k_hat), pts, batch_size=hvp_batch)
-    eig = lanczos(mv, 1, d, k=min(m_curved, d), which="largest", steps=lanczos_steps, vectors=True, seed=seed,
+    eig = lanczos(mv, 1, d, k=m_curved, which="largest", steps=lanczos_steps, vectors=True, seed=seed,
                   device=x.device, dtype=x.dtype)
     curved = eig.vectors[0]
     g = torch.Generator(device="cpu").manual_seed(seed)
