@@ -182,6 +182,8 @@ class AttackResult(_Saveable):
     minimal: bool = False  # minimal-perturbation attack: its norms give a whole robustness curve
     # black-box attacks: (N, C) best L2 norm within params["checkpoints"][c] queries (inf: none found yet)
     history: torch.Tensor | None = None
+    # problems found with the model or the inputs (e.g. it returns probabilities, not logits); never silent
+    warnings: list[str] = field(default_factory=list)
 
     # ---- derived quantities -------------------------------------------------------------------------
     @property
@@ -267,6 +269,8 @@ class AttackResult(_Saveable):
             out["mean_iterations"] = float(self.iterations.double().mean())
         if self.queries is not None:
             out["mean_queries"] = float(self.queries.double().mean())
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def __repr__(self) -> str:
@@ -405,4 +409,5 @@ def make_result(attack: str, clf, x, x_adv, y, pred, *, target=None, iterations=
         attack=attack, x=x.detach(), x_adv=x_adv, y=y, label_clean=pred, label_adv=label_adv,
         success=success, iterations=iterations, queries=queries, target=target,
         elapsed=float(elapsed), params=dict(params or {}), minimal=minimal,
+        warnings=list(getattr(clf, "output_warnings", None) or []),
     )

@@ -44,6 +44,8 @@ class Evaluation:
     worst_case: list[float] = field(default_factory=list)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack -> summary
     seconds: float = 0.0
+    #: problems found with the model (e.g. it returns probabilities, not logits): the numbers are suspect
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -98,6 +100,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
     t0 = time.perf_counter()
     correct = pred == y
     ev = Evaluation(model_name, data_name, int(x.shape[0]), norm, eps, float(correct.double().mean()))
+    ev.warnings = list(getattr(clf, "output_warnings", None) or [])
     robust_all = correct[:, None].repeat(1, len(eps))  # per sample, per eps: still robust?
     results: dict[str, AttackResult] = {}
     for e in entries:
@@ -129,6 +132,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         ev.details[e.name] = detail
         robust_all &= robust
         log.info("%s: robust accuracy %s", e.name, ev.robust[e.name])
+    for w in (w for r in results.values() for w in r.warnings):
+        if w not in ev.warnings:
+            ev.warnings.append(w)
     ev.worst_case = robust_all.double().mean(0).tolist()
     ev.seconds = time.perf_counter() - t0
     return ev, results if keep_results else {}

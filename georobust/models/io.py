@@ -11,6 +11,8 @@ import hashlib
 import importlib
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from torch import nn
 
 from ..errors import ModelError, WeightsError, unknown_name
 from ..storage import atomic_target, atomic_write_text, ensure_writable
-from .classifier import Classifier
+from .classifier import Classifier, check_logits
 from .zoo import build
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,8 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None,
     except RuntimeError as e:
         raise WeightsError(f"weights in {path} do not fit architecture {meta['arch']}: {e}") from e
     clf = Classifier(module, bounds=tuple(json.loads(meta["bounds"])), mean=json.loads(meta["mean"]),
-                     std=json.loads(meta["std"]), name=meta.get("name", path.stem))
+                     std=json.loads(meta["std"]), name=meta.get("name", path.stem),
+                     input_shape=tuple(json.loads(meta["input_shape"])))
     clf.metadata = meta  # type: ignore[attr-defined]
     return clf.to(device).eval()
 
@@ -133,25 +136,78 @@ def manifest() -> dict[str, dict[str, Any]]:
     return json.loads(MANIFEST.read_text())
 
 
-def pretrained(name: str, device: str | torch.device = "cpu") -> Classifier:
-    """A shipped model by name (``lenet-fmnist``, ``fc500-150-10-fmnist``, ``mlp-digits``, ...)."""
+def pretrained(name: str, device: str | torch.device = "cpu", *, logits: str | None = None) -> Classifier:
+    """A shipped model by name (``lenet-fmnist``, ``fc500-150-10-fmnist``, ``mlp-digits``, ...).
+
+    Its ``input_shape`` is set from the weights' metadata, so inputs of another shape are refused.
+    """
+    check_logits(logits)
     m = manifest()
     if name not in m:
         raise unknown_name("shipped model", name, m)
     entry = m[name]
     clf = load_weights(WEIGHTS_DIR / entry["file"], expected_sha256=entry["sha256"], device=device)
     clf.name = name
+    if logits is not None:
+        clf.logits = logits
     return clf
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> Classifier:
+def _import_factory(spec: str):
+    """Import ``package.module:attr`` with the current working folder on the import path (for this import
+    only), as ``python -m`` would: ``load_model("mymodels:make")`` finds ``./mymodels.py``."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ModelError(f"cannot load model {spec!r}: a factory is given as package.module:function")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and mod_name.startswith(e.name):
+            raise ModelError(
+                f"cannot import {spec!r}: no module {e.name!r} in the current folder ({cwd}) or on the Python "
+                "path; run from the folder that holds it, or add its folder to PYTHONPATH"
+            ) from e
+        raise ModelError(f"cannot import {spec!r}: {e}") from e  # the module itself imports something missing
+    except ImportError as e:
+        raise ModelError(f"cannot import {spec!r}: {e}") from e
+    finally:
+        if added:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ModelError(f"cannot load model {spec!r}: module {mod_name!r} ({getattr(module, '__file__', '?')}) "
+                         f"has no attribute {attr!r}") from None
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", *, logits: str | None = None) -> Classifier:
     """Load a model from a spec string, in eval mode.
 
     - ``zoo:NAME`` — a shipped model (see ``georobust zoo list``);
     - ``PATH.safetensors`` — weights written by ``georobust train`` / :func:`save_weights`;
     - ``PATH.pt`` / ``PATH.ts`` — a TorchScript file (inputs in ``[0, 1]``);
-    - ``package.module:factory`` — a function returning an ``nn.Module`` or a :class:`Classifier`.
+    - ``package.module:factory`` — a function returning an ``nn.Module`` or a :class:`Classifier`; the module
+      is searched in the current working folder first, then on the Python path.
+
+    ``logits="log"``: the model returns probabilities (ends in a softmax); the loaded classifier returns
+    their logarithm (see :class:`Classifier`). Zoo and safetensors models know their input shape
+    (``Classifier.input_shape``); inputs of another shape are refused before any work.
     """
+    check_logits(logits)
+    clf = _load_model(spec, device)
+    if logits is not None:
+        clf.logits = logits
+    return clf
+
+
+def _load_model(spec: str, device: str | torch.device) -> Classifier:
     if spec.startswith("zoo:"):
         return pretrained(spec[4:], device)
     p = Path(spec)
@@ -169,11 +225,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Classifier:
             ) from e
         return Classifier(mod, name=p.stem).eval()
     if ":" in spec and not p.exists():
-        mod_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ModelError(f"cannot import {spec!r}: {e}") from e
+        attr = spec.partition(":")[2]
+        factory = _import_factory(spec)
         obj = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
         if not isinstance(obj, nn.Module):
             raise ModelError(f"{spec} returned {type(obj).__name__}, not an nn.Module")
