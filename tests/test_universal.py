@@ -178,7 +178,7 @@ def test_best_pass_is_chosen_on_the_training_set(mlp_digits, digits_test):
 
 _CHILD = textwrap.dedent("""
     import sys, torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[2]))  # the parent's: float sums differ between thread counts
     from georobust import data, pretrained
     from georobust.attacks.universal import universal_perturbation
     x, _ = data.load("digits", "train", limit=400)
@@ -191,7 +191,9 @@ def test_resume_after_kill_gives_the_same_v(tmp_path, mlp_digits):
     from georobust import data
 
     ck = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(ck)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    threads = torch.get_num_threads()
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(ck), str(threads)],
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     t0 = time.time()
     while not (tmp_path / "ckpt.json").exists():
         assert proc.poll() is None, "the child exited before its first checkpoint"
