@@ -376,3 +376,24 @@ def test_factory_from_the_current_folder(tmp_path, monkeypatch):
             gr.load_model("h2_missing_models:make")
     finally:
         sys.modules.pop(mod, None)
+
+
+def test_cli_factory_from_the_current_folder(tmp_path):
+    """``georobust attack deepfool --model mymodels:make`` run in the folder that holds ``mymodels.py``, with no
+    PYTHONPATH: the model is found (it used to need ``PYTHONPATH=.``)."""
+    import os
+    import subprocess
+
+    (tmp_path / "h2_cli_models.py").write_text(
+        "import torch\n\ndef make():\n    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200")
+    cmd = [sys.executable, "-m", "georobust.cli", "attack", "deepfool", "--data", "digits", "--limit", "4"]
+    p = subprocess.run(cmd + ["--model", "h2_cli_models:make"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    bad = subprocess.run(cmd + ["--model", "h2_no_such_models:make"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "current folder" in bad.stderr and "Traceback" not in bad.stderr
