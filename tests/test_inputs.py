@@ -397,3 +397,14 @@ def test_cli_factory_from_the_current_folder(tmp_path):
     bad = subprocess.run(cmd + ["--model", "h2_no_such_models:make"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "current folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_subspace_ratio_below_one_dimension_refused(mlp_digits, digits_test):
+    """A ratio whose m = ratio·d rounds to 0 used to be lifted to m = 1 silently (and reported as the ratio)."""
+    from georobust.geometry import subspace_robustness
+
+    x, _ = digits_test
+    clf, c = _counted(mlp_digits)
+    with pytest.raises(OptionError, match=r"subspace ratio 0\.001 gives m = 0\.064 < 1 dimension on inputs of d = 64"):
+        subspace_robustness(clf, x[:3], ratios=(0.25, 0.001))
+    assert c.calls <= 2  # validation only: the probe pass and the clean prediction

@@ -111,7 +111,10 @@ def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 
         check_positive(q, "ratio")
         if q > 1:
             raise OptionError(f"subspace ratios m/d must be in (0, 1], got {q}")
-        dims.append(max(1, round(q * d)))
+        if round(q * d) < 1:
+            raise OptionError(f"subspace ratio {q:g} gives m = {q * d:.3g} < 1 dimension on inputs of d = {d}; "
+                              f"use ratios >= {1 / d:.3g} (m = 1)")
+        dims.append(round(q * d))
     gen = torch.Generator().manual_seed(seed)
     r_full, conv_full, _ = subspace_deepfool(clf, x, y, m=d, overshoot=overshoot, max_iter=max_iter,
                                              candidates=candidates, clip=clip)
