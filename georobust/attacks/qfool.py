@@ -1,24 +1,43 @@
 """QFool: a geometry-inspired decision-based attack (Liu, Moosavi-Dezfooli & Frossard, "A geometry-inspired
-decision-based attack", ICCV 2019).
+decision-based attack", ICCV 2019), and the pooled variant georobust shipped before.
 
 The attack only sees labels, through a counting :class:`~georobust.attacks._oracle.LabelOracle`. It rests
 on the observation that the decision boundary of deep networks is nearly *flat* around data points, so
-the normal of the boundary can be estimated from label queries and the estimates made at successive
-boundary points can be pooled:
+the normal of the boundary can be estimated from label queries at a boundary point and used to jump to a
+closer boundary point.
 
-1. **Initial boundary point** — Gaussian noise of growing scale is added to ``x`` until the label
-   changes (targeted: a given image of the target class is the starting point), then bisection on the
-   segment toward ``x`` brings it to the boundary: ``x_B``.
-2. **Normal estimation** — ``probes`` random perturbations ``η_i`` of norm ``ω`` are queried at ``x_B``;
-   with ``z_i = +1`` for an adversarial answer and ``−1`` otherwise, ``Σ z_i η_i`` estimates the normal
-   (the paper's estimator, Sec. 3.1). The estimates of all rounds are summed (flat boundary, Sec. 3.2);
-   the mean sign is subtracted as a variance-reducing baseline (Chen et al., 2020). ``ω`` adapts to the
-   fraction of adversarial probes: far from one half means the probes do not straddle the boundary
-   (``ω`` grows), near one half it shrinks to stay local.
-3. **Line search** from ``x`` along the estimated normal ``v``: the smallest ``r`` with ``x + r·v``
-   adversarial, found by bisection back to the boundary; it gives the new ``x_B`` when it is closer.
-4. Repeat until the per-sample query budget is spent. Every query is counted: the clean label, the
-   initial noise, all bisections, probes and line searches.
+``variant="paper"`` (default) — the paper's Algorithm 1 (untargeted; targeted from a starting image):
+
+1. **Initial boundary point** ``P_0`` — Gaussian noise of growing scale is added to ``x`` until the label
+   changes (targeted: the given image of the target class), then bisection on the segment toward ``x``.
+2. At the boundary point ``P_i``, batches of ``n_0 = probes`` random perturbations ``η_j`` of norm ``ω``
+   (full space, or the low-frequency DCT subspace) are queried; ``z_j = +1`` for an adversarial answer,
+   ``−1`` otherwise. The estimate of the normal is ``ξ_i = Σ_j z_j η_j / ‖Σ_j z_j η_j‖`` over **all** probes
+   made at ``P_i`` so far (the point stays fixed while probes accumulate; no baseline is subtracted).
+3. After each batch, ``x_adv^(i) = x + r·ξ_i`` with the smallest adversarial ``r`` (line search from the
+   current norm, then bisection to relative precision ``tol``).
+4. **Improvement-rate test** (``epsilon``, 0.7 in the paper): with ``n_k`` the probes spent at ``P_i`` after
+   ``k`` batches and ``D_k = ‖x_adv^(i) − P_i‖`` the distance the estimate has moved the adversarial point,
+   probing at ``P_i`` continues (always after the first batch) while ``D_k / (n_k + n_0) ≤ ε · D_{k−1} / n_k``
+   — the rate the next batch would give if the point moved no further, against the last rate. A
+   significant jump of ``x_adv^(i)`` ends the accumulation: the algorithm **resets**, ``P_{i+1} = x_adv^(i)``,
+   the accumulated probes and ``ω`` start afresh there. The inequality is written as in a public
+   re-implementation of Algorithm 1 (github.com/ShahryarBQ/qFool, read, not copied): the paper's text was
+   not at hand when this was written, so the direction of the test is that transcription's. (If
+   ``x_adv^(i)`` is not closer to ``x`` than ``P_i``, the point — and so the accumulation — is kept:
+   moving to a worse point would undo progress; this guard is ours.)
+5. **ω** (probe radius, Eq. 4 as read here): with ``ρ = 1/2 − p̂`` (``p̂`` the fraction of adversarial
+   probes in the last batch), ``ω ← ω·(1 − ρ)``: probes that all land on the adversarial side (``P_i`` lies
+   further inside than ``ω`` reaches) grow ``ω`` by 1.5×, a balanced batch keeps it (capped at
+   ``‖P_i − x‖``, our guard). ``ω`` starts at ``omega·‖P_i − x‖`` at every boundary point.
+6. Repeat until the per-sample query budget is spent; the result is the closest adversarial point found.
+
+``variant="pooled"`` — the QFool-like variant of earlier georobust versions: probes are made at the moving
+best point, the (baseline-subtracted, as in HopSkipJump, Chen et al. 2020) estimates of all rounds are
+pooled until the adversarial label changes, and ``ω`` is adapted by thresholds on the fraction of
+adversarial probes. ``benchmarks/results/qfool.txt`` compares both.
+
+Every query is counted: the clean label, the initial noise, all bisections, probes and line searches.
 
 **Subspace variant** (Sec. 4): the probes are drawn from the ``subspace × subspace`` lowest DCT
 frequencies of each channel (images; the first ``subspace`` DCT coefficients for vectors), which
@@ -217,39 +236,62 @@ def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps
     return res
 
 
-@registry.attacks.register("qfool", kind="black-box", norms=("2",))
-def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None = None, target=None,
-          x_init: torch.Tensor | None = None, probes: int = 100, omega: float = 0.02, tol: float = 1e-3,
-          eps: float | None = None, norm=2, checkpoints=None, seed: int = 0, bounds=None,
-          batch_size: int = 4096) -> AttackResult:
-    """QFool decision-based attack (Liu, Moosavi-Dezfooli & Frossard, ICCV 2019), L2, label queries only.
+VARIANTS = ("paper", "pooled")
 
-    Args:
-        model: an ``nn.Module``/``Classifier`` (only reached through a counting label oracle) or a
-            callable ``f(x) -> labels`` (a true black box; give ``bounds`` if not ``(0, 1)``).
-        x: inputs; y: labels (default: the oracle's answers on ``x``).
-        max_queries: per-sample query budget (every query counted, the clean label included).
-        subspace: side of the low-frequency DCT block the probes are drawn from (``None``: full space).
-        target: target labels for the targeted variant; needs ``x_init``.
-        x_init: starting points (e.g. images of the target class); default: Gaussian noise of growing scale.
-        probes: probes per round of normal estimation; omega: initial probe radius relative to the current
-            perturbation norm (adapted each round); tol: relative precision of each bisection.
-        eps: bounded mode: samples whose perturbation exceeds ``eps`` are reported as failed (and a
-            sample stops as soon as it is within ``eps``).
-        checkpoints: query counts at which ``result.history`` records the best norm.
-        seed: seed of the random probes.
-    """
-    check_positive(probes, "probes", integer=True)
-    check_positive(omega, "omega")
-    check_positive(tol, "tol")
-    if subspace is not None:
-        check_positive(subspace, "subspace", integer=True)
-    if target is not None and x_init is None:
-        raise OptionError("targeted QFool starts from an image of the target class: pass x_init= "
-                          "(one starting image per sample, classified as its target)")
-    dev = x.device if isinstance(x, torch.Tensor) else "cpu"
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
-    reserve = int(math.ceil(math.log2(1 / tol))) + 3  # a line search's worth of queries
+
+def _paper_body(*, probes, omega, epsilon, tol, subspace, gen, reserve):
+    """Algorithm 1 of Liu et al. (2019), batched over samples (each sample keeps its own state)."""
+
+    def body(prob: DecisionProblem, idx, xb, lab, state):
+        best, best_x = state["best"], state["best_x"]
+        x0 = prob.x
+        acc = torch.zeros_like(xb)                      # Σ z_j η_j over the probes made at P_i
+        n_at = torch.zeros_like(idx)                    # probes made at P_i
+        d_prev = torch.full((idx.numel(),), math.nan, device=xb.device, dtype=xb.dtype)  # D_{k−1}
+        base = (xb - x0[idx]).flatten(1).norm(dim=1)    # ‖P_i − x‖
+        rad = omega * base                              # ω
+        while idx.numel():
+            rem = prob.remaining(idx)
+            go = rem >= reserve + 2
+            if state["eps"] is not None:
+                go &= best[idx] > state["eps"]
+            idx, xb, acc, n_at, d_prev, base, rad, rem = (t[go] for t in (idx, xb, acc, n_at, d_prev, base,
+                                                                               rad, rem))
+            if idx.numel() == 0:
+                break
+            n_probe = torch.clamp(rem - reserve, max=probes)
+            g, frac, _ = estimate_normal(prob, xb, idx, n_probe, rad, subspace=subspace, generator=gen,
+                                         baseline=False)
+            acc += g
+            n_at += n_probe
+            rad = rad * (0.5 + frac)                    # Eq. 4 as read here: ω ← ω·(1 − ρ), ρ = 1/2 − p̂
+            rad = torch.minimum(rad, base)              # guard: probes stay within the current perturbation norm
+            v = acc / bcast(acc.flatten(1).norm(dim=1).clamp_min(1e-12), acc)
+            cand, found, _ = line_search(prob, v, idx, base.clone(), tol=tol)
+            nrm = (cand - x0[idx]).flatten(1).norm(dim=1)
+            better = found & (nrm < best[idx])
+            best_x[idx[better]] = cand[better]
+            best[idx[better]] = nrm[better]
+            record(state["history"], state["cps"], idx, prob.oracle.queries[idx], best[idx])
+            # improvement-rate test: keep probing at P_i while D_k / (n_k + n_0) ≤ ε · D_{k−1} / n_k
+            dist = torch.where(found, (cand - xb).flatten(1).norm(dim=1), torch.zeros_like(nrm))
+            n_f = n_at.to(dist.dtype)
+            keep = torch.isnan(d_prev) | (dist / (n_f + probes) <= epsilon * d_prev / n_f)
+            closer = found & (nrm < base)
+            reset = ~keep & closer                      # P_{i+1} = x_adv^(i): start afresh there
+            stay = ~keep & ~closer                      # x_adv^(i) is no closer: keep P_i and its probes
+            xb = torch.where(bcast(reset, xb), cand, xb)
+            base = torch.where(reset, nrm, base)
+            acc = torch.where(bcast(reset, acc), torch.zeros_like(acc), acc)
+            n_at = torch.where(reset, torch.zeros_like(n_at), n_at)
+            rad = torch.where(reset, omega * nrm, rad)
+            d_prev = torch.where(reset, torch.full_like(dist, math.nan), torch.where(stay, d_prev, dist))
+
+    return body
+
+
+def _pooled_body(*, probes, omega, tol, subspace, gen, reserve):
+    """The pooled variant (module doc): probes at the moving best point, estimates pooled across rounds."""
 
     def body(prob: DecisionProblem, idx, xb, lab, state):
         best, best_x = state["best"], state["best_x"]
@@ -286,9 +328,59 @@ def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None =
             rad = torch.where(better, torch.minimum(rad, omega * 4 * nrm), rad)
             record(state["history"], state["cps"], idx, prob.oracle.queries[idx], best[idx])
 
-    params = {"subspace": subspace, "probes": probes, "omega": omega, "tol": tol, "seed": seed,
-              "_gen": gen, "_init_scales": tuple(0.01 * 1.6 ** k for k in range(12)), "_init_tries": 50,
-              "_init_tol": tol}
+    return body
+
+
+@registry.attacks.register("qfool", kind="black-box", norms=("2",))
+def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None = None, target=None,
+          x_init: torch.Tensor | None = None, variant: str = "paper", probes: int = 100, omega: float = 0.02,
+          epsilon: float = 0.7, tol: float = 1e-3, eps: float | None = None, norm=2, checkpoints=None,
+          seed: int = 0, bounds=None, batch_size: int = 4096) -> AttackResult:
+    """QFool decision-based attack (Liu, Moosavi-Dezfooli & Frossard, ICCV 2019), L2, label queries only.
+
+    Args:
+        model: an ``nn.Module``/``Classifier`` (only reached through a counting label oracle) or a
+            callable ``f(x) -> labels`` (a true black box; give ``bounds`` if not ``(0, 1)``).
+        x: inputs; y: labels (default: the oracle's answers on ``x``).
+        max_queries: per-sample query budget (every query counted, the clean label included).
+        subspace: side of the low-frequency DCT block the probes are drawn from (``None``: full space).
+        target: target labels for the targeted variant; needs ``x_init``.
+        x_init: starting points (e.g. images of the target class); default: Gaussian noise of growing scale.
+        variant: ``"paper"`` (Algorithm 1: probes accumulate at a fixed boundary point until the
+            improvement-rate test resets them) or ``"pooled"`` (the earlier georobust variant; module doc).
+        probes: probes per batch (``n_0``); omega: initial probe radius relative to the current perturbation
+            norm; epsilon: the improvement-rate threshold ``ε`` (paper: 0.7; ``variant="paper"`` only);
+            tol: relative precision of each bisection.
+        eps: bounded mode: samples whose perturbation exceeds ``eps`` are reported as failed (and a
+            sample stops as soon as it is within ``eps``).
+        checkpoints: query counts at which ``result.history`` records the best norm.
+        seed: seed of the random probes.
+    """
+    check_positive(probes, "probes", integer=True)
+    check_positive(omega, "omega")
+    check_positive(tol, "tol")
+    check_positive(epsilon, "epsilon")
+    if variant not in VARIANTS:
+        raise OptionError(f"unknown QFool variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    if subspace is not None:
+        check_positive(subspace, "subspace", integer=True)
+    if target is not None and x_init is None:
+        raise OptionError("targeted QFool starts from an image of the target class: pass x_init= "
+                          "(one starting image per sample, classified as its target)")
+    dev = x.device if isinstance(x, torch.Tensor) else "cpu"
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    reserve = int(math.ceil(math.log2(1 / tol))) + 3  # a line search's worth of queries
+    if variant == "paper":
+        body = _paper_body(probes=probes, omega=omega, epsilon=epsilon, tol=tol, subspace=subspace, gen=gen,
+                           reserve=reserve)
+    else:
+        body = _pooled_body(probes=probes, omega=omega, tol=tol, subspace=subspace, gen=gen, reserve=reserve)
+
+    params = {"variant": variant, "subspace": subspace, "probes": probes, "omega": omega, "tol": tol,
+              "seed": seed, "_gen": gen, "_init_scales": tuple(0.01 * 1.6 ** k for k in range(12)),
+              "_init_tries": 50, "_init_tol": tol}
+    if variant == "paper":
+        params["epsilon"] = epsilon
     return run_decision_attack("qfool", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
                                params=params, body=body)
