@@ -1,5 +1,6 @@
-"""Training objectives: closed forms on affine models, a finite-difference check of CURE's gradient, the
-batch-norm convention, and each objective lowering its own loss."""
+"""Training objectives: closed forms on affine models (CURE's two scalings, the margin hinge and the large-margin
+loss, where the first-order distance is exact), a finite-difference check of CURE's gradient, the batch-norm
+convention, and each objective lowering its own loss."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from georobust.defenses.objectives import (
     Adversarial,
     Cure,
     FastAdversarial,
+    LargeMargin,
     LocalLinearity,
     Margin,
+    MarginHinge,
     eval_mode,
     inner_max,
     make_objective,
@@ -90,7 +93,7 @@ class _BNNet(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize("name", ["adversarial", "cure", "llr", "margin"])
+@pytest.mark.parametrize("name", ["adversarial", "cure", "llr", "margin-hinge", "large-margin"])
 def test_inner_computations_in_eval_mode_modes_restored(name):
     """The attack/regulariser runs in eval mode; batch-norm statistics are updated once per training step
     (by the CE forward only) and every module's mode is restored."""
@@ -100,7 +103,8 @@ def test_inner_computations_in_eval_mode_modes_restored(name):
     bn = clf.module.net[2]
     x, y = torch.rand(32, 1, 8, 8), _labels(32, 10)
     loss, _ = make_objective(name)(clf, x, y)
-    assert int(bn.num_batches_tracked) == 1
+    # batch-norm statistics are updated once per step by the CE forward; large-margin has no CE (it replaces it)
+    assert int(bn.num_batches_tracked) == (0 if name == "large-margin" else 1)
     assert all(m.training for m in clf.modules())
     assert torch.isfinite(loss)
 
@@ -170,7 +174,150 @@ def test_cure_schedule_ramps_h_and_gamma():
     assert c.current() == (1.0, 2.0)
 
 
+def test_cure_two_scalings_equal_an_independent_computation():
+    """Both scalings of the CURE term, on a tiny network, against a computation that shares no code with the
+    objective: per-sample input gradients by torch.func (vmap of grad of one sample's CE), then the documented
+    formulas — (1/N) Σ‖Δ_i‖² and (1/N) Σ‖Δ_i/N‖ — and the objective's total loss CE + γ·term, exactly."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.Tanh(), nn.Linear(7, 4))
+    clf = Classifier(net).eval()
+    x = torch.rand(6, 1, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    h, gamma = 0.7, 4.0
+
+    def one(xi, yi):
+        return F.cross_entropy(net(xi[None]), yi[None])
+
+    grad1 = torch.func.vmap(torch.func.grad(one))
+    with torch.no_grad():
+        g = grad1(x, y)
+        s = g.sign()
+        z = s / s.flatten(1).norm(dim=1)[:, None, None, None]
+        delta = (grad1(x + h * z, y) - g).flatten(1)
+        ce = F.cross_entropy(net(x), y)
+    n = x.shape[0]
+    want = {"per-sample-squared": delta.pow(2).sum(1), "authors": (delta / n).norm(dim=1)}
+    for reg, per in want.items():
+        obj = Cure(gamma=gamma, h=h, h_warmup=0.0, reg=reg)
+        got, _ = obj.regulariser(clf, x, y)
+        torch.testing.assert_close(got.detach(), per, rtol=1e-5, atol=1e-9)
+        clf.train()
+        loss, terms = obj(clf, x, y)
+        clf.eval()
+        assert float(loss.detach()) == pytest.approx(float(ce + gamma * per.mean()), rel=1e-5)
+        assert terms["cure"] == pytest.approx(float(per.mean()), rel=1e-5)
+    # the same γ weighs different things: here the two terms differ by a factor of several
+    ratio = float(want["per-sample-squared"].mean() / want["authors"].mean())
+    assert not 0.5 < ratio < 2.0, ratio
+    # the default is per-sample-squared and stays out of the config (older checkpoints' configs still match)
+    assert Cure().reg == "per-sample-squared" and "reg" not in Cure().config()
+    assert Cure(reg="authors").config()["reg"] == "authors"
+    with pytest.raises(OptionError, match="authors"):
+        Cure(reg="mean")
+
+
+def test_cure_authors_scaling_shrinks_with_the_batch_size(affine, affine_data):
+    """The authors' term depends on the batch: per sample it is ‖Δ_i‖/N, so the same samples in a batch twice
+    as large give half the value; the per-sample-squared term does not change."""
+    x, y = affine_data[:8], _labels(8)
+    a1, _ = Cure(h=0.3, reg="authors").regulariser(affine, x, y)
+    a2, _ = Cure(h=0.3, reg="authors").regulariser(affine, torch.cat([x, x]), torch.cat([y, y]))
+    torch.testing.assert_close(a2[:8].detach(), a1.detach() / 2, rtol=1e-5, atol=0)
+    p1, _ = Cure(h=0.3).regulariser(affine, x, y)
+    p2, _ = Cure(h=0.3).regulariser(affine, torch.cat([x, x]), torch.cat([y, y]))
+    torch.testing.assert_close(p2[:8].detach(), p1.detach(), rtol=1e-5, atol=0)
+
+
+def test_shipped_cure_model_used_the_per_sample_squared_scaling():
+    """lenet-fmnist-cure's recorded objective options have no ``reg``: it was trained with the default."""
+    import json
+    from pathlib import Path
+
+    import georobust
+
+    man = json.loads((Path(georobust.__file__).parent / "models" / "weights" / "MANIFEST.json").read_text())
+    entry = man["lenet-fmnist-cure"]
+    assert entry["objective"] == "cure" and "reg=" not in entry["command"]
+    assert make_objective("cure", gamma="4", h="3").reg == "per-sample-squared"
+
+
 # ----------------------------------------------------------------------------------------- LLR, margin
+def _affine_distances(clf, x, y, dual: float):
+    """Exact L_p distances of x to the boundary between y and each class j of an affine model (dual norm q),
+    signed (negative on the wrong side); +inf at j = y."""
+    w = clf.module.w.detach().double()
+    z = clf(x).detach().double()
+    zy = z.gather(1, y[:, None])
+    dw = (w[y][:, None, :] - w[None]).norm(p=dual, dim=2)  # (N, K): ‖w_y − w_j‖_q
+    d = (zy - z) / dw
+    return d.masked_fill(F.one_hot(y, z.shape[1]).bool(), math.inf)
+
+
+@pytest.mark.parametrize("norm,dual", [("2", 2.0), ("inf", 1.0)])
+@pytest.mark.parametrize("aggregation", ["max", "sum"])
+def test_large_margin_equals_exact_hinges_on_affine_model(affine, affine_data, norm, dual, aggregation):
+    """On an affine model the first-order distance to each (y, j) boundary is exact: (z_y − z_j)/‖w_y − w_j‖_q.
+    The loss is mean_i A_j max(0, γ − d_ij) with A = max or sum over j ≠ y."""
+    x, y = affine_data, _labels(64)
+    gamma = 0.08
+    d = _affine_distances(affine, x, y, dual)
+    hinge = (gamma - d).clamp_min(0)  # zero at j = y (d = +inf)
+    per = hinge.max(1).values if aggregation == "max" else hinge.sum(1)
+    obj = LargeMargin(gamma=gamma, aggregation=aggregation, norm=norm, eps=1e-12)
+    got, logits = obj.losses(affine, x, y)
+    torch.testing.assert_close(got.detach().double(), per, rtol=1e-4, atol=1e-6)
+    assert float(per.min()) < float(per.max()) and float(per.max()) > 0  # some hinges active, not all equal
+    loss, terms = obj(affine, x, y)
+    assert float(loss.detach()) == pytest.approx(float(per.mean()), rel=1e-4)
+
+
+def test_large_margin_top_k_keeps_the_highest_other_classes(affine, affine_data):
+    x, y = affine_data, _labels(64)
+    d = _affine_distances(affine, x, y, 2.0)
+    z = affine(x).detach().masked_fill(F.one_hot(y, 5).bool(), -math.inf)
+    top2 = torch.zeros_like(z, dtype=torch.bool).scatter_(1, z.topk(2, dim=1).indices, True)
+    want = (0.08 - d).clamp_min(0).masked_fill(~top2, 0).sum(1)
+    got, _ = LargeMargin(gamma=0.08, aggregation="sum", top_k=2, eps=1e-12).losses(affine, x, y)
+    torch.testing.assert_close(got.detach().double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_large_margin_hidden_layer_distance_is_exact_for_a_linear_head():
+    """At a hidden layer h = W1 x + b1 followed by z = W2 h + b2 the first-order distance in h is exact,
+    (z_y − z_j)/‖W2_y − W2_j‖; with layers='input,<name>' both layers' hinges add up (γ_input, γ_hidden)."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(10, 6), nn.Linear(6, 4))
+    clf = Classifier(net).eval()
+    x = torch.rand(32, 10, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(4))
+    w2, w1 = net[1].weight.detach().double(), net[0].weight.detach().double()
+    z = clf(x).detach().double()
+    onehot = F.one_hot(y, 4).bool()
+    zy = z.gather(1, y[:, None])
+    d_hid = ((zy - z) / (w2[y][:, None, :] - w2[None]).norm(dim=2)).masked_fill(onehot, math.inf)
+    weff = w2 @ w1  # the input-space weights of the composed affine map
+    d_in = ((zy - z) / (weff[y][:, None, :] - weff[None]).norm(dim=2)).masked_fill(onehot, math.inf)
+    g_in, g_hid = 0.3, 0.5
+    want = ((g_in - d_in).clamp_min(0) + (g_hid - d_hid).clamp_min(0)).max(1).values
+    obj = LargeMargin(gamma=g_in, gamma_hidden=g_hid, layers="input,module.0", eps=1e-12)
+    got, _ = obj.losses(clf, x, y)
+    torch.testing.assert_close(got.detach().double(), want, rtol=1e-4, atol=1e-6)
+    only_hidden, _ = LargeMargin(gamma_hidden=g_hid, layers="module.0", eps=1e-12).losses(clf, x, y)
+    torch.testing.assert_close(only_hidden.detach().double(), (g_hid - d_hid).clamp_min(0).max(1).values,
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(OptionError, match="no sub-module"):
+        LargeMargin(layers="input,fc9").losses(clf, x, y)
+    with pytest.raises(OptionError):
+        LargeMargin(aggregation="mean")
+
+
+def test_margin_former_name_is_the_margin_hinge(caplog):
+    with caplog.at_level("WARNING"):
+        obj = make_objective("margin", target="0.5")
+    assert isinstance(obj, MarginHinge) and obj.config() == {"name": "margin-hinge", "target": 0.5, "lam": 0.1}
+    assert "margin-hinge" in caplog.text
+    assert Margin is MarginHinge and make_objective("margin-hinge").name == "margin-hinge"
+
+
 def test_margin_equals_exact_distance_on_affine_model(affine, affine_data):
     """On an affine model the first-order margin is exact: (z_y − z_k)/‖w_y − w_k‖ for the runner-up k."""
     x = affine_data
@@ -219,7 +366,9 @@ def digits_train():
 
 @pytest.mark.parametrize("name,opts", [
     ("standard", {}), ("adversarial", {"eps": 0.1, "steps": 3}), ("fast-adversarial", {"eps": 0.1}),
-    ("cure", {"h": 0.5, "h_warmup": 0.0}), ("llr", {"eps": 0.1}), ("margin", {"target": 0.5, "lam": 1.0}),
+    ("cure", {"h": 0.5, "h_warmup": 0.0}), ("cure", {"h": 0.5, "h_warmup": 0.0, "reg": "authors"}),
+    ("llr", {"eps": 0.1}), ("margin-hinge", {"target": 0.5, "lam": 1.0}),
+    ("large-margin", {"gamma": 0.5, "layers": "input"}),
 ])
 def test_each_objective_lowers_its_own_loss(digits_train, name, opts):
     x, y = digits_train

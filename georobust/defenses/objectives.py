@@ -12,7 +12,10 @@ Registered objectives (options in each class's docstring):
 ``fast-adversarial``  FGSM with random init, step 1.25·eps (Wong, Rice & Kolter, ICLR 2020).
 ``cure``              curvature regularisation (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, CVPR 2019).
 ``llr``               local linearity regulariser (Qin et al., NeurIPS 2019).
-``margin``            hinge on the first-order margin ``f(x)/‖∇f(x)‖`` (Elsayed et al., NeurIPS 2018).
+``margin-hinge``      CE + a hinge on the first-order margin ``f(x)/‖∇f(x)‖`` to the runner-up class, input
+                      layer only (a simplification of Elsayed et al.; ``margin`` is its former name).
+``large-margin``      the loss of Elsayed et al. (NeurIPS 2018): hinges on the first-order distances to every
+                      other class's boundary, at chosen layers, aggregated by max/sum; replaces CE.
 
 Two conventions shared by the robust objectives, chosen once and documented here:
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
+import logging
 import math
 
 import torch
@@ -48,6 +52,8 @@ from .. import registry
 from ..attacks._common import attack_loss, bcast, flat_norm, project, steepest_direction
 from ..checks import check_norm, check_positive
 from ..errors import OptionError, unknown_name
+
+log = logging.getLogger(__name__)
 
 
 class Objective(abc.ABC):
@@ -239,18 +245,33 @@ class _Regularised(Objective):
 @registry.objectives.register("cure", kind="objective")
 class Cure(_Regularised):
     """CURE (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, "Robustness via curvature regularization, and vice
-    versa", CVPR 2019): ``CE(x, y) + γ·‖∇ₓℓ(x + h z) − ∇ₓℓ(x)‖²``, a finite-difference estimate of the
-    curvature of the loss along the direction that matters for an L∞ attacker.
+    versa", CVPR 2019): a finite-difference estimate of the curvature of the loss along the direction that
+    matters for an L∞ attacker, added to the cross-entropy. Two scalings are offered (``reg``), and they
+    differ in strength for the same ``γ``, so the exact formulas, for a batch of ``N`` samples with per-sample
+    losses ``ℓ_i`` and ``Δ_i = ∇_{x_i}ℓ_i(x_i + h z_i) − ∇_{x_i}ℓ_i(x_i)``:
+
+    * ``reg="per-sample-squared"`` (default; the paper's Eq. 5 per sample)::
+
+          loss = CE + γ · (1/N) Σ_i ‖Δ_i‖₂²
+
+    * ``reg="authors"`` (the authors' published code: the *un-squared* norm of the gradient difference of
+      the *batch-mean* loss ``ℓ̄ = (1/N) Σ_i ℓ_i``, whose gradient with respect to ``x_i`` is ``Δ_i / N``)::
+
+          loss = CE + γ · (1/N) Σ_i ‖Δ_i / N‖₂ = CE + γ/N² · Σ_i ‖Δ_i‖₂
+
+    With batch 128 and ``‖Δ_i‖ ≈ 1`` the authors' term is about ``128 × 128 = 16,000`` times weaker at the same
+    ``γ`` (and depends on the batch size); ``γ = 4`` does not mean the same thing in the two. The shipped
+    ``lenet-fmnist-cure`` was trained with ``per-sample-squared`` (the only scaling then; its manifest command
+    has no ``reg`` option).
 
     Choices (each one explicit, because implementations differ):
 
     * ``z = sign(∇ₓℓ(x)) / ‖sign(∇ₓℓ(x))‖₂`` is computed from the current gradient and **held constant**
       (detached): no gradient flows through ``z``, as in the paper.
-    * ``‖·‖²`` is the squared L2 norm of the difference (the paper's Eq. 5), summed over input dimensions.
-    * **Per sample**: ``ℓ`` is each sample's own cross-entropy; the per-sample losses are *summed* before
-      differentiating, so ``∇ₓℓ`` of sample ``i`` is that sample's gradient, not divided by the batch size
-      (differentiating the batch *mean* would shrink the regulariser by ``1/N²``). The regulariser is
-      then averaged over the batch, like the CE.
+    * ``per-sample-squared``: ``‖·‖²`` is the squared L2 norm of the difference (the paper's Eq. 5), summed
+      over input dimensions; ``ℓ`` is each sample's own loss and the per-sample losses are *summed* before
+      differentiating, so ``∇ₓℓ`` of sample ``i`` is that sample's gradient, not divided by the batch size.
+      The regulariser is then averaged over the batch, like the CE.
     * **Double backprop**: the gradient difference is built with ``create_graph=True`` so the parameter
       gradient of the regulariser is exact (second derivatives through the network).
     * **Mode**: both gradients are taken in eval mode — the same mode for both, so the difference measures
@@ -264,12 +285,14 @@ class Cure(_Regularised):
         h_warmup, gamma_warmup: warm-up lengths in epochs (0 = constant; default 1 epoch for h).
         loss: ``"ce"`` (paper) or ``"cw"`` (the margin ``max_{k≠y} z_k − z_y``, piecewise affine in the
             logits — with it the regulariser of an affine model is exactly 0).
+        reg: ``"per-sample-squared"`` (default) or ``"authors"`` (formulas above).
     """
 
     name = "cure"
+    REGS = ("per-sample-squared", "authors")
 
     def __init__(self, gamma: float = 4.0, h: float = 1.5, h_warmup: float = 1.0, gamma_warmup: float = 0.0,
-                 loss: str = "ce"):
+                 loss: str = "ce", reg: str = "per-sample-squared"):
         self.gamma = float(_check_nonneg(gamma, "gamma"))
         self.h = float(check_positive(h, "h"))
         self.h_warmup = float(_check_nonneg(h_warmup, "h_warmup"))
@@ -277,15 +300,25 @@ class Cure(_Regularised):
         if loss not in ("ce", "cw"):
             raise unknown_name("CURE loss", loss, ("ce", "cw"))
         self.loss = loss
+        if reg not in self.REGS:
+            raise unknown_name("CURE reg (scaling of the regulariser)", reg, self.REGS)
+        self.reg = reg
         self._t: float | None = None
+
+    def config(self) -> dict:
+        cfg = super().config()
+        if self.reg == "per-sample-squared":  # the default: configs of runs made before the option stay equal
+            cfg.pop("reg", None)
+        return cfg
 
     def current(self) -> tuple[float, float]:
         """``(h, γ)`` at the current point of the schedule."""
         return _ramp(self.h, self.h_warmup, self._t), _ramp(self.gamma, self.gamma_warmup, self._t)
 
     def regulariser(self, model, x, y, h: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample CURE term ``‖∇ₓℓ(x + h z) − ∇ₓℓ(x)‖²`` (differentiable w.r.t. the parameters) and the
-        per-sample loss ``ℓ(x)``, both in eval mode. ``h`` defaults to the scheduled value."""
+        """Per-sample CURE term (differentiable w.r.t. the parameters) and the per-sample loss ``ℓ(x)``, both
+        in eval mode: ``‖Δ_i‖²`` (``per-sample-squared``) or ``‖Δ_i / N‖`` (``authors``); the objective adds
+        ``γ`` times their batch mean. ``h`` defaults to the scheduled value."""
         h = self.current()[0] if h is None else h
         with eval_mode(model):
             xr = x.detach().clone().requires_grad_(True)
@@ -299,7 +332,10 @@ class Cure(_Regularised):
         z = s / bcast(flat_norm(s, "2").clamp_min(1e-12), s)  # held constant
         ell_h = attack_loss(model(xr + h * z), y, None, self.loss)
         (g_h,) = torch.autograd.grad(ell_h.sum(), xr, create_graph=True)
-        return (g_h - g).flatten(1).pow(2).sum(1), ell
+        diff = (g_h - g).flatten(1)
+        if self.reg == "authors":  # gradient of the batch-mean loss (Δ_i / N), un-squared L2 norm
+            return (diff / xr.shape[0]).norm(dim=1), ell
+        return diff.pow(2).sum(1), ell
 
     def __call__(self, model, x, y):
         h, gamma = self.current()
@@ -382,25 +418,28 @@ class LocalLinearity(_Regularised):
                       "grad_term": float(first.mean().detach()), "acc": float(acc)}
 
 
-@registry.objectives.register("margin", kind="objective", norms=("2",))
-class Margin(_Regularised):
-    """Maximum-margin regulariser on the first-order margin (Elsayed, Krishnan, Mobahi, Regan & Bengio,
-    "Large margin deep networks", NeurIPS 2018; the seed's slide "distance to the boundary ≈ |f(x)|/‖∇f(x)‖").
+@registry.objectives.register("margin-hinge", kind="objective", norms=("2",))
+class MarginHinge(_Regularised):
+    """Cross-entropy plus a hinge on the first-order L2 margin to the runner-up class, at the input layer only.
 
-    With ``f(x) = z_y(x) − z_k(x)``, ``k`` the highest other logit, the L2 distance to the nearest decision
-    boundary is approximated to first order by ``d(x) = f(x) / ‖∇ₓf(x)‖₂`` (the DeepFool / linearised
-    distance). We keep the sign (negative for a misclassified input, as Elsayed et al. do), so a
-    misclassified input is pushed towards the right side rather than away from the boundary. The loss::
+    A simplification of Elsayed, Krishnan, Mobahi, Regan & Bengio ("Large margin deep networks", NeurIPS
+    2018) — their loss is :class:`LargeMargin` (``large-margin``): it aggregates over all other classes and
+    over layers, and replaces the cross-entropy. Here, with ``f(x) = z_y(x) − z_k(x)``, ``k`` the highest other
+    logit, the L2 distance to the nearest decision boundary is approximated to first order by
+    ``d(x) = f(x) / ‖∇ₓf(x)‖₂`` (the DeepFool / linearised distance). We keep the sign (negative for a
+    misclassified input), so a misclassified input is pushed towards the right side rather than away from
+    the boundary. The loss::
 
         CE(x, y) + λ · mean_i max(0, target − d_i)
 
     ``∇ₓf`` stays in the graph (double backprop), so the parameter gradient accounts for the change of the
-    gradient norm, as in Elsayed et al. Computed in eval mode (module doc).
+    gradient norm. Computed in eval mode (module doc). (Registered as ``margin`` before; that name still
+    works and logs that it is this objective.)
 
     Options: target — the desired L2 margin (default 1.0); lam λ (default 0.1).
     """
 
-    name = "margin"
+    name = "margin-hinge"
 
     def __init__(self, target: float = 1.0, lam: float = 0.1):
         self.target = float(check_positive(target, "target"))
@@ -432,6 +471,123 @@ class Margin(_Regularised):
         acc = (logits_train.argmax(1) == y).float().mean()
         return loss, {"ce": float(ce.detach()), "hinge": float(hinge.detach()),
                       "margin_median": float(d.detach().median()), "acc": float(acc)}
+
+
+@registry.objectives.register("margin", kind="objective", norms=("2",),
+                              summary="former name of margin-hinge (CE + first-order margin hinge, input layer)")
+class _MarginFormerName(MarginHinge):
+    """``margin``: the former name of :class:`MarginHinge`; logs the new name and behaves exactly like it."""
+
+    def __init__(self, target: float = 1.0, lam: float = 0.1):
+        log.warning("objective 'margin' is now called 'margin-hinge' (CE + a first-order margin hinge on the "
+                    "runner-up class at the input); 'large-margin' is Elsayed et al.'s loss")
+        super().__init__(target=target, lam=lam)
+
+
+Margin = MarginHinge  # the former class name
+
+
+@registry.objectives.register("large-margin", kind="objective", norms=("2", "inf"))
+class LargeMargin(Objective):
+    """The large-margin loss of Elsayed, Krishnan, Mobahi, Regan & Bengio ("Large margin deep networks",
+    NeurIPS 2018, Eq. 9–10), which *replaces* the cross-entropy.
+
+    For a layer ``l`` with activations ``h_l(x)`` (``l = input``: ``x`` itself) and each class ``j ≠ y``, the
+    first-order distance of ``x`` to the boundary between ``y`` and ``j``, measured in ``h_l`` in the L_p norm, is
+    ``d_{l,j} = (z_y − z_j) / (ε + ‖∇_{h_l}(z_y − z_j)‖_q)`` with ``q`` the dual norm of ``p`` (``p = 2``: ``q = 2``;
+    ``p = ∞``: ``q = 1``); it is exact for a model affine in ``h_l``. The loss of a sample is::
+
+        Σ_{l ∈ layers}  A_{j ≠ y}  max(0, γ_l − d_{l,j})
+
+    with ``A`` = ``max`` or ``sum`` over the other classes (``top_k > 0``: only the ``top_k`` highest other
+    logits, the paper's speed-up), averaged over the batch. The gradients ``∇_{h_l}`` stay in the graph (double
+    backprop: the paper's "the norm is differentiated too"). Computed in eval mode like the other
+    regularisers (module doc: a sample's gradient is its own).
+
+    Options:
+        gamma: the desired margin ``γ`` at the input layer (default 1.0; an L_p length in input space).
+        gamma_hidden: ``γ`` at every hidden layer of ``layers`` (default 1.0; a length in activation space).
+        layers: comma-separated ``input`` and/or names of sub-modules of the model whose outputs are the
+            hidden layers (``model.named_modules()`` names, e.g. ``module.fc1``); default ``input``.
+        aggregation: ``"max"`` (default) or ``"sum"`` over the other classes.
+        norm: ``"2"`` (default) or ``"inf"`` — the norm the margin is measured in.
+        top_k: only the ``top_k`` highest other classes (0: all).
+        eps: ``ε`` in the denominator (default 1e-6).
+    """
+
+    name = "large-margin"
+
+    def __init__(self, gamma: float = 1.0, gamma_hidden: float = 1.0, layers: str = "input",
+                 aggregation: str = "max", norm: str = "2", top_k: int = 0, eps: float = 1e-6):
+        self.gamma = float(check_positive(gamma, "gamma"))
+        self.gamma_hidden = float(check_positive(gamma_hidden, "gamma_hidden"))
+        names = [t.strip() for t in str(layers).split(",") if t.strip()]
+        if not names or len(set(names)) != len(names):
+            raise OptionError(f"layers={layers!r}: give 'input' and/or distinct sub-module names, comma-separated")
+        self.layers = ",".join(names)
+        if aggregation not in ("max", "sum"):
+            raise unknown_name("large-margin aggregation", aggregation, ("max", "sum"))
+        self.aggregation = aggregation
+        self.norm = check_norm(norm, ("2", "inf"))
+        self.top_k = int(check_positive(top_k, "top_k", integer=True, allow_zero=True))
+        self.eps = float(check_positive(eps, "eps"))
+
+    def _hidden(self, model) -> list[tuple[str, nn.Module]]:
+        out = []
+        for name in self.layers.split(","):
+            if name == "input":
+                continue
+            try:
+                out.append((name, model.get_submodule(name)))
+            except AttributeError:
+                names = [n for n, _ in model.named_modules() if n]
+                raise OptionError(f"large-margin: the model has no sub-module {name!r}; layers are 'input' or "
+                                  f"one of: {', '.join(names[:30])}") from None
+        return out
+
+    def losses(self, model, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample loss (differentiable w.r.t. the parameters) and logits, in eval mode."""
+        hidden = self._hidden(model)
+        acts: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: acts.append(o)) for _, m in hidden]
+        try:
+            with eval_mode(model):
+                xr = x.detach().clone().requires_grad_(True)
+                logits = model(xr)
+        finally:
+            for h in hooks:
+                h.remove()
+        use_input = "input" in self.layers.split(",")
+        wrt = ([xr] if use_input else []) + acts
+        gammas = ([self.gamma] if use_input else []) + [self.gamma_hidden] * len(acts)
+        n, k = logits.shape
+        others = torch.ones_like(logits, dtype=torch.bool)
+        others[torch.arange(n, device=x.device), y] = False
+        if self.top_k and self.top_k < k - 1:
+            masked = logits.detach().masked_fill(~others, -math.inf)
+            keep = torch.zeros_like(others)
+            keep.scatter_(1, masked.topk(self.top_k, dim=1).indices, True)
+            others &= keep
+        zy = logits.gather(1, y[:, None]).squeeze(1)
+        dual = 2.0 if self.norm == "2" else 1.0
+        terms = []
+        for j in range(k):
+            diff = zy - logits[:, j]  # z_y − z_j (zero and unused where j = y)
+            grads = torch.autograd.grad(diff.sum(), wrt, create_graph=True)
+            hinge = 0
+            for g, gam in zip(grads, gammas):
+                d = diff / (self.eps + g.flatten(1).norm(p=dual, dim=1))
+                hinge = hinge + F.relu(gam - d)
+            terms.append(torch.where(others[:, j], hinge, torch.zeros_like(hinge)))
+        t = torch.stack(terms, 1)  # (N, K), zero where excluded (every hinge is ≥ 0)
+        per_sample = t.max(1).values if self.aggregation == "max" else t.sum(1)
+        return per_sample, logits
+
+    def __call__(self, model, x, y):
+        per, logits = self.losses(model, x, y)
+        loss = per.mean()
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"large_margin": float(loss.detach()), "acc": float(acc)}
 
 
 def make_objective(name: str | Objective, **options) -> Objective:
