@@ -108,17 +108,20 @@ def main(argv=None) -> dict:
            "own Hessian is zero a.e. — and Lanczos); UAP: the L2 UAP above rescaled to ξ. Paper (ImageNet): "
            "13% < 38% < 67% < 85%.", "",
            "| model | random | flat | curved | UAP | top Hessian eigenvalues | seconds |", "|---|---|---|---|---|---|---|"]
-    bars = {}
+    bars, geometry = {}, {}
     for name, clf in models.items():
         gm = universal_geometry(clf, x[: a.geometry_points], uap=uaps[(name, "2", xi_g)], xi=xi_g, x_eval=xt,
                                 m_flat=a.m, m_curved=a.m, seed=a.seed)
         f = gm.fooling
         bars[name] = f
+        geometry[name] = gm
         ev = ", ".join(f"{float(e):.3g}" for e in gm.hessian_eigenvalues[:3])
         md.append(f"| {name} | {f['random']:.3f} | {f['flat']:.3f} | {f['curved']:.3f} | {f['uap']:.3f} | {ev} | "
                   f"{gm.elapsed:.1f} |")
         print(md[-1], flush=True)
     out["geometry"] = bars
+    out["geometry_results"] = geometry  # the UniversalGeometry objects (bases, eigenvalues), for checks
+    out["uaps"] = uaps
     plots.universal_comparison(bars, a.out / "universal_comparison.png", title=f"equal L2 norm ξ = {xi_g:g}")
     # figures of the perturbations
     for name, clf in models.items():
