@@ -408,3 +408,22 @@ def test_subspace_ratio_below_one_dimension_refused(mlp_digits, digits_test):
     with pytest.raises(OptionError, match=r"subspace ratio 0\.001 gives m = 0\.064 < 1 dimension on inputs of d = 64"):
         subspace_robustness(clf, x[:3], ratios=(0.25, 0.001))
     assert c.calls <= 2  # validation only: the probe pass and the clean prediction
+
+
+def test_fit_refuses_other_shapes_and_converts_dtypes(digits_test):
+    """fit validates like the attacks: a data set of another shape is refused before training (``train --init
+    zoo:mlp-digits`` on 28×28 data), and float64 data is converted to the model's float32."""
+    from georobust.defenses import fit
+
+    model = gr.pretrained("mlp-digits")
+    model.train()
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(InputError, match=r"\(N, 1, 8, 8\).*\(8, 1, 28, 28\)"):
+        fit(model, (torch.rand(8, 1, 28, 28), y), epochs=1)
+    with pytest.raises(InputError, match="eval_data x"):
+        fit(model, (digits_test[0][:8], y), epochs=1, eval_data=(torch.rand(8, 1, 28, 28), y))
+    before = [p.detach().clone() for p in model.parameters()]
+    hist = fit(model, (digits_test[0][:8].double(), digits_test[1][:8]), epochs=1, batch_size=8)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert hist.last["epoch"] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

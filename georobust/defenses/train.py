@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_labels, check_positive, check_x
+from ..checks import check_input_shape, check_labels, check_positive, check_x, match_dtype
 from ..errors import CheckpointError, OptionError, OutputError, unknown_name
 from ..models.classifier import Classifier, as_classifier
 from ..storage import atomic_write_bytes, atomic_write_text, ensure_writable, sha256_file
@@ -229,7 +229,14 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
     model = as_classifier(model)
     x, y = train_data
     x = check_x(x, model.bounds)
+    check_input_shape(model, x)
+    x = match_dtype(x, model)
     y = check_labels(y, x.shape[0])
+    if eval_data is not None:
+        ex0 = check_x(eval_data[0], model.bounds, name="eval_data x")
+        check_input_shape(model, ex0, name="eval_data x")
+        eval_data = (match_dtype(ex0, model, name="eval_data x"),
+                     check_labels(eval_data[1], ex0.shape[0], name="eval_data y"))
     check_positive(epochs, "epochs", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
     check_positive(lr, "lr")
