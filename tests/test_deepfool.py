@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_affine, needs_fmnist
+from conftest import ROUNDOFF, make_affine, needs_fmnist, on_boundary, relative_margin
 
 from georobust import registry
 from georobust.attacks.deepfool import STEP_EPS, deepfool, deepfool_batch, top_classes
@@ -252,26 +252,35 @@ def test_foolbox_cross_check_digits(mlp_digits, digits_test, norm):
 
 @pytest.mark.peers
 def test_torchattacks_deepfool_recorded(mlp_digits, digits_test):
-    """torchattacks 3.5.1 DeepFool on the same inputs: about half of what it returns is not adversarial.
+    """torchattacks 3.5.1 DeepFool returns points *on* the decision boundary, so which of them count as
+    adversarial is decided by round-off; ours are past it.
 
-    Measured (mlp-digits, first 30 / 200 test digits): success 0.57 / 0.49 when its outputs are re-run
-    through the model, median L2 of the successes 0.50 / 0.51 (ours 0.46 on 200, success 1.0). Its failures
-    sit *on* the boundary (top-two logit margin ~1e-6): it omits the reference's +1e-4 and applies the
-    overshoot to each step from the clipped iterate rather than to ``r_tot``, so once ``f'_l ≈ 0`` its step
-    vanishes — with 200 steps instead of 50 the success stays 0.57.
+    It omits the reference's +1e-4 and applies the overshoot to each step from the clipped iterate rather than to
+    ``r_tot``, so its iterates converge onto the boundary instead of crossing it. On the first 30 test digits
+    every output's top-two margin is at most 2.4e-7 × max|logit| (about two float32 ulps), under
+    ATEN_CPU_CAPABILITY default / avx2 / avx512, 1 and 2 threads, and inputs perturbed by 1e-6 (7 runs). Its
+    success rate, re-running the model on its outputs, moved between 0.40 and 0.57 across those runs and the
+    median L2 of its "successes" between 0.375 and 0.432 (ours 0.4526): the former assertion on that median
+    failed on a fresh machine. What holds whatever the rounding is checked instead, per sample:
+    - every output of the peer is on the boundary up to round-off (``conftest.ROUNDOFF``);
+    - every one of ours is verified adversarial or (measured: 2 of 30) on the boundary up to round-off, and at
+      least 26 of 30 are past it by more than round-off (measured 28 in every run) — the peer: none;
+    - the peer's points are ours up to the overshoot: ‖x_ta − x‖/‖x_ours − x‖ within [1/1.02, 1.02] for every
+      sample (measured 0.9994–1.0000), with the median ≤ 1 since it stops on the boundary where ours goes
+      beyond it (measured 0.99984).
     """
     ta = pytest.importorskip("torchattacks")
     x = digits_test[0][:30]
-    pred, fooled = _peer_setup(mlp_digits, x)
+    pred, _ = _peer_setup(mlp_digits, x)
     xa = ta.DeepFool(mlp_digits, steps=50, overshoot=0.02)(x, pred)
-    s = fooled(xa)
     ours = deepfool(mlp_digits, x)
-    assert ours.success.all()
-    assert float(s.double().mean()) < 0.75  # the peer's flaw: many returned "adversarial" examples are not
-    with torch.inference_mode():
-        top2 = mlp_digits(xa).topk(2, 1).values
-    assert float((top2[:, 0] - top2[:, 1])[~s].max()) < 1e-3  # ... and they are stuck on the boundary
-    assert _median_norm(xa, x, s, "2") > 0.95 * float(ours.l2.median())
+    assert bool(on_boundary(mlp_digits, xa, pred).all()), relative_margin(mlp_digits, xa, pred)
+    m_ours = relative_margin(mlp_digits, ours.x_adv, pred)
+    assert bool((ours.success | (m_ours.abs() <= ROUNDOFF)).all())
+    assert int((m_ours < -ROUNDOFF).sum()) >= 26, m_ours
+    ratio = (xa - x).flatten(1).double().norm(dim=1) / ours.l2
+    assert float(ratio.min()) >= 1 / 1.02 and float(ratio.max()) <= 1.02, ratio
+    assert float(ratio.median()) <= 1.0, ratio
 
 
 @pytest.mark.peers
