@@ -1,42 +1,79 @@
 """The ``georobust`` command: a thin layer over the library (typer + rich).
 
-Every command validates its inputs through the library; a georobust error is shown as one line and the
-command exits with status 2 (never a traceback).
+Every command starts the same way (:func:`_start`): the shared options (model, data, split, limit, root, data
+options, device, seed, verbose, logits — defined once in :data:`SHARED` and added to each command by
+:func:`shared`) are checked, every output location is checked for writing, and only then are the data and the
+model loaded and checked against each other — all before any work. A georobust error is shown as one line and
+the command exits with status 2 (never a traceback). Warnings of a result or an evaluation are printed in
+yellow on stderr. Long work shows a progress bar on a terminal and one log line every 10% or 10 s otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
+import math
+import os
+import re
 import shlex
 import sys
+import threading
 import time
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup, TyperOption
 
+from . import __version__, registry
 from . import data as gdata
-from . import registry
-from .errors import GeorobustError, OptionError
+from .errors import GeorobustError, InputError, OptionError, OutputError
+from .storage import ensure_writable
 
-app = typer.Typer(help="georobust: attack, analyse and defend PyTorch classifiers — geometrically.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
-zoo_app = typer.Typer(help="Architectures and shipped models.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(zoo_app, name="zoo")
-analyse_app = typer.Typer(help="Decision-boundary geometry: curvature, cross-sections, subspaces, normals.",
-                          no_args_is_help=True)
-app.add_typer(analyse_app, name="analyse")
+log = logging.getLogger("georobust.cli")
+
 # a wide table when piped (CI logs, files); the terminal's width otherwise
 console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+_display_type = TyperOption.display_type_rich
+
+
+def _flag_display_type(self, ctx):
+    """A flag takes no value: show ``--use-labels``, not ``--use-labels <bool>`` (typer 0.29's help shows a
+    type for every option)."""
+    return None if self.is_flag and self.metavar is None else _display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_display_type
+
+DATA_NAMES = tuple(d.name for d in gdata.datasets())
+SPLITS = tuple(gdata.SPLITS)
+MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or package.module:factory (the current folder is importable)"
+
+
+def _print_error(e: BaseException) -> None:
+    msg = " ".join(str(e).split())  # one line, whatever the message
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True, markup=True)
 
 
 def _handle_errors(fn):
@@ -45,27 +82,133 @@ def _handle_errors(fn):
         try:
             return fn(*a, **kw)
         except GeorobustError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            _print_error(e)
             raise typer.Exit(2) from None
     return wrapper
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False)
+_SHOWN: set[str] = set()
 
 
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise OptionError(f"unknown device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda was asked for, but no CUDA device is available here")
-    return dev
+def _warn(messages) -> None:
+    """Print each warning (of a result, an evaluation, a library log record) once, in yellow, on stderr."""
+    for m in messages or ():
+        m = str(m)
+        if not any(m in old or old in m for old in _SHOWN):  # the log record may prefix the model's name
+            _SHOWN.add(m)
+            err_console.print(Text.assemble(("warning: ", "bold yellow"), (str(m), "yellow")), soft_wrap=True)
 
 
+class _LogHandler(logging.Handler):
+    """The library's log records on stderr: warnings in yellow (once: a result repeating one is not shown
+    again), other records as ``logger: message``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                _warn([msg])
+            else:
+                err_console.print(f"{record.name}: {msg}", highlight=False, markup=False, soft_wrap=True)
+        except Exception:  # pragma: no cover - logging must never break the command
+            self.handleError(record)
+
+
+# --------------------------------------------------------------------------------------------- progress
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.3g}/s" if speed else "–/s", style="progress.data.speed")
+
+
+class Reporter:
+    """Progress of long work: a rich bar (done / total, rate, elapsed, time left) when stderr is a terminal;
+    otherwise one plain line every 10% of the total or every 10 s (also while a single long call runs)."""
+
+    def __init__(self, description: str, total: int | None, unit: str = "samples", every_s: float = 10.0):
+        self.description, self.total, self.unit, self.every_s = description, total, unit, every_s
+        self.title = description
+        self.completed = 0
+        self.info = ""
+        self.tty = err_console.is_terminal
+        self._t0 = self._last_line = time.perf_counter()
+        self._last_pct = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Reporter:
+        self._t0 = self._last_line = time.perf_counter()
+        if self.tty:
+            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TextColumn(self.unit), _Rate(), TimeElapsedColumn(),
+                                      TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                      console=err_console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total, info="")
+        else:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.tty:
+            self._progress.stop()
+        elif exc[0] is None:
+            self._line(final=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            if time.perf_counter() - self._last_line >= self.every_s:
+                self._line()
+
+    def _line(self, final: bool = False) -> None:
+        with self._lock:
+            el = time.perf_counter() - self._t0
+            self._last_line = time.perf_counter()
+            rate = self.completed / el if el > 0 else 0.0
+            if self.total:
+                pct = 100.0 * self.completed / self.total
+                left = (self.total - self.completed) / rate if rate > 0 else float("nan")
+                msg = (f"{self.description}: {self.completed}/{self.total} {self.unit} ({pct:.0f}%), "
+                       f"{rate:.3g}/s, {el:.0f}s elapsed" + ("" if final else
+                                                             f", {'?' if math.isnan(left) else f'{left:.0f}s'} left"))
+            else:
+                msg = f"{self.description}: {self.completed} {self.unit}, {el:.0f}s elapsed"
+            if self.info:
+                msg += f"  {self.info}"
+            err_console.print(("done " if final else "") + msg, highlight=False, soft_wrap=True)
+
+    def update(self, completed: int | None = None, *, advance: int = 0, total: int | None = None,
+               description: str | None = None, info: str | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.description = description
+        if info is not None:
+            self.info = info
+        new = completed if completed is not None else self.completed + advance
+        if new < self.completed:  # a new round (an epoch, a pass): count the 10% steps afresh
+            self._last_pct = 0
+        self.completed = new
+        if self.tty:
+            self._progress.update(self._task, completed=self.completed, total=self.total,
+                                  description=self.description, info=self.info)
+            return
+        if self.total:
+            pct = int(10 * self.completed / self.total)
+            if pct > self._last_pct and self.completed < self.total:
+                self._last_pct = pct
+                self._line()
+                return
+        if time.perf_counter() - self._last_line >= self.every_s:
+            self._line()
+
+    def print(self, msg: str) -> None:
+        (self._progress.console if self.tty else err_console).print(msg, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------- small parsers
 def _parse_value(v: str) -> Any:
     try:
         return json.loads(v)
@@ -78,47 +221,39 @@ def _parse_value(v: str) -> Any:
         return v
 
 
-def _parse_options(opts: list[str] | None) -> dict[str, Any]:
-    out = {}
+def _parse_options(opts: list[str] | None, what: str = "option") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for o in opts or []:
         if "=" not in o:
-            raise OptionError(f"option {o!r} must look like key=value")
+            raise OptionError(f"{what} {o!r} must look like key=value")
         k, v = o.split("=", 1)
-        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+        k = k.strip().replace("-", "_")
+        if k in out:
+            raise OptionError(f"{what} {k!r} is given twice; give it once")
+        out[k] = _parse_value(v.strip())
     return out
 
 
-def _floats(s: str | None) -> list[float] | None:
+def _floats(s: str | None, what: str = "value") -> list[float] | None:
     if s is None:
         return None
     try:
         return [float(v) for v in s.split(",") if v.strip()]
     except ValueError:
-        raise OptionError(f"expected comma-separated numbers, got {s!r}") from None
+        raise OptionError(f"{what}: expected comma-separated numbers, got {s!r}") from None
 
 
-def _load_data(name: str, split: str, limit: int | None, root: str | None):
-    opts = {"root": root} if root else {}
-    return gdata.load(name, split=split, limit=limit, **opts)
+def _ints(s: str, what: str) -> list[int]:
+    vals = _floats(s, what) or []
+    if any(v != int(v) for v in vals):
+        raise OptionError(f"{what}: expected comma-separated integers, got {s!r}")
+    return [int(v) for v in vals]
 
 
-def _setup(seed: int, verbose: bool) -> None:
-    torch.manual_seed(seed)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
-
-
-def _start(model: str, device: str, seed: int, verbose: bool):
-    """Seed, logging, device and the model, as every command that evaluates a model begins: ``(clf, device)``."""
-    from .models import load_model
-
-    _setup(seed, verbose)
-    dev = _device(device)
-    return load_model(model, dev), dev
-
-
-def _classes(data: str) -> list[str] | None:
-    """Class names of a named data set, for figure labels (``folder`` data has none)."""
-    return gdata.info(data).classes if data != "folder" else None
+def _fmt(v) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "—"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _print_table(title: str, rows: list[list[str]]) -> None:
@@ -128,6 +263,250 @@ def _print_table(title: str, rows: list[list[str]]) -> None:
     for r in rows[1:]:
         t.add_row(*r)
     console.print(t)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s.replace("zoo:", "")).strip("-.") or "model"
+
+
+def _default_out(command: str, model: str) -> Path:
+    """``results/<command>-<model>-<timestamp>``: a fresh folder per run, so nothing is overwritten by surprise."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    p = Path("results") / f"{command}-{_slug(model)}-{stamp}"
+    i = 1
+    while p.exists():
+        i += 1
+        p = Path("results") / f"{command}-{_slug(model)}-{stamp}-{i}"
+    return p
+
+
+def _check_out_dir(out: Path | None, files: tuple[str, ...] = (), what: str = "--out") -> None:
+    """``out`` must be a writable folder (created if missing) and each of its ``files`` writable — before work."""
+    if out is None:
+        return
+    ensure_writable(out, directory=True, what=what)
+    for f in files:
+        ensure_writable(out / f, what=what)
+
+
+# ----------------------------------------------------------------------------------- shared options
+@dataclass
+class Shared:
+    """The options every command that loads data or a model shares (see :data:`SHARED`)."""
+
+    model: str | None = None
+    data: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    root: str | None = None
+    data_option: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    seed: int = 0
+    verbose: bool = False
+    logits: str | None = None
+
+
+#: name -> (type, option factory taking the command's default): every shared option, defined once
+SHARED: dict[str, tuple[Any, Any]] = {
+    "model": (str, lambda d: typer.Option(d, "--model", metavar="SPEC", help=MODEL_HELP)),
+    "data": (str, lambda d: typer.Option(d, "--data", metavar="[" + "|".join(DATA_NAMES) + "]",
+                                         help="data set (georobust data list)")),
+    "split": (str, lambda d: typer.Option(d, "--split", metavar="[train|test]", help="which split")),
+    "limit": (Optional[int], lambda d: typer.Option(d, "--limit", help="use only the first N samples")),
+    "root": (Optional[str], lambda d: typer.Option(d, "--root", help="folder of --data folder (one sub-folder "
+                                                                      "of images per class)")),
+    "data_option": (Optional[list[str]], lambda d: typer.Option(
+        d, "--data-option", "-D", metavar="KEY=VALUE",
+        help="data set option, repeatable (folder: size=28, channels=1; spheres: dim=, n=, ...)")),
+    "device": (str, lambda d: typer.Option(d, "--device", help="cpu, cuda, cuda:N or mps (checked before any work)")),
+    "seed": (int, lambda d: typer.Option(d, "--seed", help="seeds torch and every random choice of the command")),
+    "verbose": (bool, lambda d: typer.Option(d, "--verbose", "-v", help="log what the library does")),
+    "logits": (Optional[str], lambda d: typer.Option(
+        d, "--logits", metavar="[log]",
+        help="log: the model returns probabilities (a softmax); use their log as logits")),
+}
+
+
+def shared(**defaults):
+    """Add the shared options named in ``defaults`` (with those defaults) to a command.
+
+    The command is written as ``def cmd(s: Shared, <own options>)``; the wrapper typer sees takes the own
+    options plus the shared ones and calls ``cmd(Shared(...), **own)``, with georobust errors as one line.
+    """
+    def deco(fn):
+        hints = typing.get_type_hints(fn)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in list(inspect.signature(fn).parameters.values())[1:]]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=SHARED[n][1](d),
+                                   annotation=SHARED[n][0]) for n, d in defaults.items()]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            s = Shared(**{n: kw.pop(n) for n in defaults})
+            s.data_option = list(s.data_option or [])
+            try:
+                return fn(s, **kw)
+            except GeorobustError as e:
+                _print_error(e)
+                raise typer.Exit(2) from None
+
+        del wrapper.__wrapped__  # typer must see the new signature, not fn's
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+    return deco
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise OptionError(f"unknown device {name!r} ({e}); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+        return dev
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise OptionError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu")
+        return dev
+    raise OptionError(f"--device {name}: {dev.type!r} devices are not supported; use cpu, cuda, cuda:N or mps")
+
+
+def _data_options(s: Shared) -> dict[str, Any]:
+    opts = _parse_options(s.data_option, "data option (-D)")
+    if s.root is not None:
+        if "root" in opts and str(opts["root"]) != s.root:
+            raise OptionError(f"--root {s.root} and -D root={opts['root']} both given; give the root once")
+        opts["root"] = s.root
+    return opts
+
+
+def _check_logits(s: Shared) -> None:
+    if s.logits is not None and s.logits not in ("log",):
+        raise OptionError(f"--logits {s.logits!r}: the only choice is 'log' (the model returns probabilities)")
+
+
+def _load_model(spec: str, dev: torch.device, logits: str | None):
+    from .models import load_model
+
+    if ":" in spec and not spec.startswith("zoo:") and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # factory models from the current folder (mymodels:make)
+    if logits is None:
+        return load_model(spec, dev)
+    if "logits" not in inspect.signature(load_model).parameters:
+        raise OptionError("--logits is not supported by this version of georobust's load_model")
+    return load_model(spec, dev, logits=logits)
+
+
+def _check_fits(clf, x: torch.Tensor, s: Shared, num_classes: int | None) -> None:
+    """The model accepts the data (shape from its metadata, else one forward pass) and has enough classes."""
+    meta = getattr(clf, "metadata", None) or {}
+    shape = tuple(x.shape[1:])
+    where = f"model {s.model} and --data {s.data}"
+    if "input_shape" in meta:
+        want = tuple(json.loads(meta["input_shape"]))
+        if want != shape:
+            raise InputError(f"{where} do not fit: the model expects inputs of shape {want}, the data are {shape}; "
+                             "pick a data set of that shape (georobust data list) or a model for this one "
+                             "(georobust zoo list)")
+    with torch.inference_mode():
+        try:
+            out = clf(x[:2])
+        except GeorobustError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{where} do not fit: the model fails on inputs of shape {shape} ({first})") from None
+    k = meta.get("num_classes")
+    k = int(k) if k is not None else (int(out.shape[1]) if out.ndim == 2 else None)
+    if num_classes and k is not None and num_classes > k:
+        raise InputError(f"{where} do not fit: the data have {num_classes} classes, the model only {k}")
+
+
+@dataclass
+class Run:
+    s: Shared
+    dev: torch.device
+    clf: Any = None
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+
+def _setup(s: Shared) -> torch.device:
+    torch.manual_seed(s.seed)
+    lib = logging.getLogger("georobust")
+    if not any(isinstance(h, _LogHandler) for h in lib.handlers):
+        lib.addHandler(_LogHandler())
+    lib.setLevel(logging.INFO if s.verbose else logging.WARNING)
+    lib.propagate = False
+    _check_logits(s)
+    return _device(s.device)
+
+
+def _num_classes(s: Shared, data_opts: dict) -> int | None:
+    try:
+        return gdata.info(s.data, **data_opts).num_classes or None
+    except GeorobustError:
+        return None
+
+
+def _start(s: Shared, *, model: bool = True, data: bool = True, check_outputs=None) -> Run:
+    """How every command begins, before any work: seed and logging, the device, the data options, the outputs
+    (``check_outputs()``), then the data, the model, and whether they fit each other."""
+    dev = _setup(s)
+    opts = _data_options(s) if data else {}
+    if check_outputs is not None:
+        check_outputs()
+    run = Run(s, dev)
+    if data:
+        x, y = gdata.load(s.data, split=s.split or "test", limit=s.limit, **opts)
+        run.x, run.y = x.to(dev), y.to(dev)
+    if model:
+        run.clf = _load_model(s.model, dev, s.logits)
+        if data:
+            _check_fits(run.clf, run.x, s, _num_classes(s, opts))
+    return run
+
+
+def _classes(s: Shared) -> list[str] | None:
+    """Class names of a named data set, for figure labels (``folder`` data has none)."""
+    try:
+        return gdata.info(s.data).classes or None
+    except GeorobustError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ the app
+def _version(value: bool):
+    if value:
+        console.print(f"georobust {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+app = typer.Typer(help="georobust: attack, analyse and defend PyTorch classifiers — geometrically.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """georobust: attack, analyse and defend PyTorch classifiers — geometrically."""
+
+
+data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
+zoo_app = typer.Typer(help="Architectures and shipped models.", no_args_is_help=True)
+analyse_app = typer.Typer(help="Decision-boundary geometry: curvature, cross-sections, subspaces, normals.",
+                          no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(analyse_app, name="analyse")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -163,338 +542,700 @@ def zoo_list():
 
 
 # --------------------------------------------------------------------------------------------- train
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
 @app.command()
-@_handle_errors
+@shared(data="digits", limit=None, root=None, data_option=None, device="cpu", seed=0, verbose=False)
 def train(
-    arch: str = typer.Option(..., help="architecture name (georobust zoo list)"),
-    data: str = typer.Option("digits", help="data set name"),
+    s: Shared,
     out: Path = typer.Option(..., help="output .safetensors file (a .json with metadata goes beside it)"),
-    epochs: int = typer.Option(10), seed: int = typer.Option(0), lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(128), optimizer: str = typer.Option("adam"),
-    schedule: str = typer.Option("cosine"), weight_decay: float = typer.Option(0.0),
-    objective: str = typer.Option("standard", help="training objective (registered name)"),
-    objective_option: Optional[list[str]] = typer.Option(None, "--objective-option", "-O", help="key=value"),
+    arch: Optional[str] = typer.Option(None, help="architecture name (georobust zoo list); with --init, that model's"),
     init: Optional[str] = typer.Option(None, help="start from this model (zoo:NAME or .safetensors): fine-tune"),
-    limit: Optional[int] = typer.Option(None, help="use only the first N training samples"),
+    epochs: int = typer.Option(10), lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(128), optimizer: str = typer.Option("adam", help="adam or sgd"),
+    schedule: str = typer.Option("cosine"), weight_decay: float = typer.Option(0.0),
+    objective: str = typer.Option("standard", help="training objective: "
+                                  + ", ".join(registry.objectives.names())),
+    objective_option: Optional[list[str]] = typer.Option(None, "--objective-option", "-O", metavar="KEY=VALUE",
+                                                         help="objective option, repeatable"),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="checkpoint each epoch here"),
-    resume: bool = typer.Option(False, help="resume from --checkpoint-dir"),
+    resume: bool = typer.Option(False, "--resume", help="resume from --checkpoint-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace an existing checkpoint in --checkpoint-dir and an existing --out"),
     robust_eps: Optional[float] = typer.Option(None, help="report PGD-10 L∞ robust accuracy at this eps per epoch"),
-    device: str = typer.Option("cpu"), verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Train a zoo architecture on a data set; write safetensors weights and a metadata JSON."""
     from .defenses import fit
     from .models import Classifier, build, load_model, save_weights
 
-    _setup(seed, verbose)
-    dev = _device(device)
-    x, y = _load_data(data, "train", limit, None)
-    xt, yt = _load_data(data, "test", None, None)
-    info = gdata.info(data)
+    if not init and not arch:
+        raise OptionError("train needs --arch (georobust zoo list), or --init to fine-tune a model")
+    if resume and checkpoint_dir is None:
+        raise OptionError("--resume needs --checkpoint-dir (the folder of the run to continue)")
+    if resume and overwrite:
+        raise OptionError("--resume and --overwrite contradict each other: resume the checkpoint, or replace it")
+    if out.suffix != ".safetensors":
+        raise OptionError(f"--out {out}: weights are written as safetensors; name the file "
+                          f"{out.with_suffix('.safetensors') if out.suffix else str(out) + '.safetensors'}")
+    opts = _parse_options(objective_option, "objective option (-O)")
+    registry.objectives.get(objective)
+    s.split = "train"
+
+    def outputs():
+        ensure_writable(out, overwrite=overwrite or resume, what="--out")
+        ensure_writable(out.with_suffix(".json"), overwrite=True, what="--out")
+        if checkpoint_dir is not None:
+            ensure_writable(checkpoint_dir, directory=True, what="--checkpoint-dir")
+            existing = _checkpoint_files(checkpoint_dir)
+            if existing and not (resume or overwrite):
+                raise OutputError(f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint of an earlier run "
+                                  f"({', '.join(p.name for p in existing)}); pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose another folder")
+
+    run = _start(s, model=False, check_outputs=outputs)
+    dev, x, y = run.dev, run.x, run.y
+    xt, yt = gdata.load(s.data, split="test", **_data_options(s))
+    info = gdata.info(s.data, **{k: v for k, v in _data_options(s).items() if k == "root"})
+    num_classes = info.num_classes or int(torch.cat([y, yt.to(dev)]).max()) + 1
     if init:
         model = load_model(init, dev)
-        arch = model.metadata["arch"] if hasattr(model, "metadata") else arch
+        meta = getattr(model, "metadata", None)
+        if not meta or "arch" not in meta:
+            raise OptionError(f"--init {init}: only zoo:NAME or a .safetensors file written by georobust train can "
+                              "be fine-tuned (its architecture must be known to save the weights)")
+        if arch is not None and arch != meta["arch"]:
+            raise OptionError(f"--arch {arch} and --init {init} (a {meta['arch']}) conflict: --init fine-tunes that "
+                              f"model with its own architecture; drop --arch to fine-tune, or drop --init to train "
+                              f"a new {arch}")
+        arch = meta["arch"]
+        s.model = init
+        _check_fits(model, x, s, num_classes)
     else:
-        model = Classifier(build(arch, tuple(x.shape[1:]), info.num_classes, seed=seed), name=out.stem).to(dev)
-    opts = _parse_options(objective_option)
+        try:
+            module = build(arch, tuple(x.shape[1:]), num_classes, seed=s.seed)
+        except GeorobustError:
+            raise
+        except (RuntimeError, ValueError) as e:
+            raise InputError(f"architecture {arch} cannot take inputs of shape {tuple(x.shape[1:])}: "
+                             f"{str(e).splitlines()[0]}") from None
+        model = Classifier(module, name=out.stem).to(dev)
     steps = (x.shape[0] + batch_size - 1) // batch_size
+    kw = {}
+    if checkpoint_dir is not None and overwrite:
+        if _accepts(fit, "overwrite"):
+            kw["overwrite"] = True
+        else:  # an older fit: clear the earlier run's files ourselves
+            for p in _checkpoint_files(checkpoint_dir):
+                p.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with _progress() as prog:
-        task = prog.add_task("epoch 1", total=steps, info="")
-
+    with Reporter("epoch 1", steps, unit="batches") as rep:
         def on_step(epoch, step, total, terms):
-            prog.update(task, completed=step + 1, description=f"epoch {epoch + 1}/{epochs}",
-                        info=" ".join(f"{k}={v:.3f}" for k, v in terms.items()))
-        hist = fit(model, (x.to(dev), y.to(dev)), objective, epochs=epochs, optimizer=optimizer, lr=lr,
-                   schedule=schedule, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
-                   checkpoint_dir=checkpoint_dir, resume=resume, eval_data=(xt.to(dev), yt.to(dev)),
-                   robust_eps=robust_eps, objective_options=opts, on_step=on_step)
+            rep.update(step + 1, total=total, description=f"epoch {epoch + 1}/{epochs}",
+                       info=" ".join(f"{k}={v:.3f}" for k, v in terms.items()))
+        hist = fit(model, (x, y), objective, epochs=epochs, optimizer=optimizer, lr=lr, schedule=schedule,
+                   weight_decay=weight_decay, batch_size=batch_size, seed=s.seed, checkpoint_dir=checkpoint_dir,
+                   resume=resume, eval_data=(xt.to(dev), yt.to(dev)), robust_eps=robust_eps,
+                   objective_options=opts, on_step=on_step, **kw)
     seconds = time.perf_counter() - t0
+    total_seconds = _total_train_seconds(hist, seconds, resume)
     command = "georobust " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = {"arch": arch, "data": data, "seed": seed, "epochs": epochs, "objective": objective,
+    meta = {"arch": arch, "data": s.data, "seed": s.seed, "epochs": epochs, "objective": objective,
             "objective_options": opts, **({"init": init} if init else {}), "command": command,
-            "test_accuracy": hist.last.get("test_accuracy"),
-            "train_seconds": seconds, "history": hist.epochs, "torch": torch.__version__}
+            "test_accuracy": hist.last.get("test_accuracy"), "train_seconds": total_seconds,
+            **({"train_seconds_this_run": seconds} if total_seconds != seconds else {}),
+            "history": hist.epochs, "torch": torch.__version__}
     model.name = out.stem
-    save_weights(model, out, arch=arch, input_shape=tuple(x.shape[1:]), num_classes=info.num_classes,
-                 extra={"data": data, "test_accuracy": json.dumps(meta["test_accuracy"])})
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    console.print(f"test accuracy {meta['test_accuracy']:.4f} after {epochs} epochs ({seconds:.1f}s); "
-                  f"wrote {out} and {out.with_suffix('.json')}")
+    save_weights(model, out, arch=arch, input_shape=tuple(x.shape[1:]), num_classes=num_classes,
+                 extra={"data": s.data, "test_accuracy": json.dumps(meta["test_accuracy"])})
+    from .storage import atomic_write_text
+
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
+    acc = meta["test_accuracy"]
+    console.print(f"test accuracy {_fmt(acc) if acc is not None else '—'} after {epochs} epochs "
+                  f"({total_seconds:.1f}s of training); wrote {out} and {out.with_suffix('.json')}")
+
+
+def _checkpoint_files(d: Path) -> list[Path]:
+    """The files of a training checkpoint in ``d`` (empty: none)."""
+    try:
+        from .defenses.train import checkpoint_files
+    except ImportError:  # a fit without checkpoint manifests
+        return [p for p in (d / "checkpoint.pt", d / "log.jsonl") if p.exists()]
+    return list(checkpoint_files(d))
+
+
+def _total_train_seconds(hist, this_run: float, resumed: bool) -> float:
+    """The training time over every run of a resumed training: fit's cumulative count when it keeps one, else
+    (resumed) the sum of the per-epoch times of every epoch in the history, else this run's wall time."""
+    for name in ("train_seconds", "total_seconds"):
+        v = getattr(hist, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return float(v)
+    if resumed:
+        secs = [e.get("seconds") for e in hist.epochs]
+        if secs and all(isinstance(v, (int, float)) for v in secs):
+            return float(sum(secs))
+    return this_run
 
 
 # -------------------------------------------------------------------------------------------- attack
-@app.command()
-@_handle_errors
-def attack(
-    name: str = typer.Argument(..., help="attack name: " + ", ".join(registry.attacks.names())),
-    model: str = typer.Option("zoo:mlp-digits", help="zoo:NAME, a .safetensors/.pt file, or pkg.mod:factory"),
-    data: str = typer.Option("digits"), split: str = typer.Option("test"),
-    limit: Optional[int] = typer.Option(100, help="attack the first N samples"),
-    root: Optional[str] = typer.Option(None, help="root folder for --data folder"),
-    eps: Optional[float] = typer.Option(None, help="budget for bounded attacks (omit for minimal mode)"),
-    norm: Optional[str] = typer.Option(None, help="2 or inf (default: the attack's first)"),
-    target: Optional[int] = typer.Option(None, help="targeted attack towards this class"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="extra attack option key=value"),
-    use_labels: bool = typer.Option(False, "--use-labels",
-                                    help="attack the true labels (default: the model's predictions)"),
-    out: Optional[Path] = typer.Option(None, help="write the result and a figure here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-):
-    """Run one attack; print success rate, norms and ρ; save the result and a figure."""
-    from . import plots
-    from .models import load_model
+#: attacks whose samples are processed in batches of ``batch_size`` by position, nothing shared between
+#: batches: running them in chunks of ``batch_size`` samples is the same computation
+_CHUNK_BY_POSITION = {"deepfool", "fgsm", "sparsefool"}
+#: attacks whose batches are formed over the samples still to attack (correctly classified, untargeted),
+#: in order; PGD's random start comes from one generator drawn batch after batch
+_CHUNK_BY_TODO = {"pgd", "lbfgs"}
+_CLI_SET = ("eps", "norm", "target")
 
-    _setup(seed, verbose)
-    dev = _device(device)
+
+def _doc_args(fn) -> dict[str, str]:
+    """``name -> description`` from a Google-style docstring's ``Args:`` section (``a, b: ...`` counts for both)."""
+    doc = inspect.getdoc(fn) or ""
+    m = re.search(r"^Args:\n(.*?)(?:\n\S|\Z)", doc, re.S | re.M)
+    out: dict[str, str] = {}
+    if not m:
+        return out
+    names: list[str] = []
+    for line in m.group(1).splitlines():
+        mm = re.match(r"^    ([A-Za-z_][\w, ]*):\s*(.*)$", line)
+        if mm:
+            names = [n.strip() for n in mm.group(1).split(",")]
+            for n in names:
+                out[n] = mm.group(2).strip()
+        elif line.strip() and names:
+            for n in names:
+                out[n] += " " + line.strip()
+    return out
+
+
+#: papers of attacks whose docstring's first paragraph does not cite one
+_PAPERS = {"fgsm": "Goodfellow et al., ICLR 2015"}
+
+
+def _paper(entry) -> str:
+    first = " ".join((inspect.getdoc(entry.fn) or "").split("\n\n")[0].split())
+    m = re.search(r"\(([^()]*?\b(?:19|20)\d\d)\b[^()]*\)", first)
+    return m.group(1) if m else _PAPERS.get(entry.name, "—")
+
+
+def _what(entry) -> str:
+    return re.sub(r"\s*\([^()]*\)", "", entry.summary).replace("``", "").strip()
+
+
+def _attack_help(entry) -> str:
+    first = " ".join((inspect.getdoc(entry.fn) or entry.summary).split("\n\n")[0].split()).replace("``", "")
+    desc = {k: v.replace("``", "") for k, v in _doc_args(entry.fn).items()}
+    lines = [first, "",
+             f"kind: {entry.kind}; norms: {', '.join(entry.norms)}; paper: {_paper(entry)}", "",
+             "Attack options (-o KEY=VALUE; eps, norm, target also as --eps, --norm, --target):", ""]
+    for n, p in entry.options().items():
+        default = "required" if p.default is inspect.Parameter.empty else f"default {p.default!r}"
+        text = desc.get(n, "")
+        lines.append(f"  {n} ({default}){': ' + text if text else ''}")
+    return "\n\n".join(["\n".join(lines[:1]), lines[2], lines[4], "\n".join(lines[6:])])
+
+
+class AttackGroup(TyperGroup):
+    """``georobust attack NAME``: one sub-command per registered attack; an unknown name is a one-line error."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and name not in self.commands:
+            try:
+                _attack_entry(name)
+            except GeorobustError as e:
+                _print_error(e)
+                ctx.exit(2)
+        return super().resolve_command(ctx, args)
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+attack_app = typer.Typer(cls=AttackGroup, no_args_is_help=True, invoke_without_command=True,
+                         help="Run one attack: georobust attack NAME [OPTIONS]; NAME --help shows that attack's "
+                              "options, defaults and paper; --list lists them.")
+app.add_typer(attack_app, name="attack")
+
+
+@attack_app.callback()
+def _attack_main(ctx: typer.Context,
+                 list_: bool = typer.Option(False, "--list", help="list the attacks: kind, norms, paper")):
+    if list_:
+        rows = [["attack", "kind", "norms", "paper", "what"]]
+        for n in registry.attacks.names():
+            e = registry.attacks.get(n)
+            rows.append([n, e.kind, ", ".join(e.norms), _paper(e),
+                         _what(e) + (" (run with georobust universal)" if e.kind == "universal" else "")])
+        _print_table("attacks", rows)
+        raise typer.Exit()
+
+
+def _attack_entry(name: str):
     entry = registry.attacks.get(name)
     if entry.kind == "universal":
         raise OptionError(f"{name!r} computes one perturbation for a whole data set: run `georobust universal` "
                           "(checkpointed passes, fooling rates, figures)")
-    opts = _parse_options(option)
-    if eps is not None:
-        opts["eps"] = eps
-    if norm is not None:
-        opts["norm"] = norm
-    if target is not None:
-        opts["target"] = target
+    return entry
+
+
+def attack_options(entry, *, eps=None, norm=None, target=None, option=None) -> dict[str, Any]:
+    """The keyword options of one attack run from the command line, checked before any work."""
+    opts = _parse_options(option, "attack option (-o)")
+    for key, val in (("eps", eps), ("norm", norm), ("target", target)):
+        if val is None:
+            continue
+        if key in opts:
+            raise OptionError(f"--{key} {val} and -o {key}={opts[key]} both given; give {key} once")
+        opts[key] = val
     entry.check_options(opts)
-    clf = load_model(model, dev)
-    x, y = _load_data(data, split, limit, root)
-    x, y = x.to(dev), y.to(dev)
-    with console.status(f"{name} on {x.shape[0]} samples…"):
-        res = entry.fn(clf, x, y if use_labels else None, **opts)
-    s = res.summary()
-    rows = [["metric", "value"]] + [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in s.items()]
-    _print_table(f"{name} on {model} / {data} ({split})", rows)
+    if "norm" in opts and str(opts["norm"]) not in entry.norms:
+        raise OptionError(f"{entry.name} supports --norm {' or '.join(entry.norms)}, not {opts['norm']}")
+    for n, p in entry.options().items():
+        if p.default is inspect.Parameter.empty and n not in opts:
+            flag = f"--{n}" if n in _CLI_SET else f"-o {n}=VALUE"
+            what = " (the radius of the ball of a bounded attack), e.g. --eps 0.1" if n == "eps" else ""
+            raise OptionError(f"{entry.name} needs {flag}{what}")
+    return opts
+
+
+def _batch_size(entry, opts) -> int:
+    p = entry.options().get("batch_size")
+    bs = opts.get("batch_size", p.default if p is not None else None)
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {bs!r}")
+    return bs
+
+
+def _chunks(entry, clf, x, y, opts) -> list[slice] | None:
+    """Sample ranges that make a chunked run the same computation as one call, or ``None`` (not chunkable)."""
+    n = x.shape[0]
+    if entry.name not in _CHUNK_BY_POSITION | _CHUNK_BY_TODO or "batch_size" not in entry.options():
+        return None
+    bs = _batch_size(entry, opts)
+    if entry.name in _CHUNK_BY_POSITION:
+        return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
+    if y is None or opts.get("target") is not None:
+        todo = torch.arange(n)
+    else:
+        from .checks import predict
+
+        todo = (predict(clf, x) == y).nonzero().squeeze(1).cpu()
+    starts = [0] + [int(todo[k]) for k in range(bs, todo.numel(), bs)]
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
+def run_attack(entry, clf, x, y, opts: dict[str, Any], *, seed: int = 0, reporter: Reporter | None = None):
+    """Run ``entry`` on ``(x, y)``, in chunks when that is the same computation (see :data:`_CHUNK_BY_POSITION`),
+    reporting samples done; the chunks' results are merged with :meth:`AttackResult.concat`."""
+    from .results import AttackResult
+
+    opts = dict(opts)
+    known = entry.options()
+    gen_seed = None
+    if "generator" in known and "seed" in known and "seed" not in opts and "generator" not in opts:
+        gen_seed = seed  # one generator for all chunks: the draws of gr.<attack>(..., seed=--seed)
+    elif "seed" in known and "seed" not in opts and known["seed"].default is not inspect.Parameter.empty:
+        opts["seed"] = seed
+    chunks = _chunks(entry, clf, x, y, opts)
+    target = opts.pop("target", None)
+
+    def tgt(sl):
+        return target[sl] if isinstance(target, torch.Tensor) else target
+
+    if gen_seed is not None and opts.get("random_start", True):
+        opts["generator"] = torch.Generator(device=x.device).manual_seed(gen_seed)
+    if chunks is None or len(chunks) == 1:
+        if reporter:
+            reporter.update(0)
+        res = entry.fn(clf, x, y, **opts, **({} if target is None else {"target": target}))
+        parts = [res]
+    else:
+        parts = []
+        for sl in chunks:
+            t = tgt(sl)
+            parts.append(entry.fn(clf, x[sl], None if y is None else y[sl], **opts,
+                                  **({} if t is None else {"target": t})))
+            if reporter:
+                reporter.update(sl.stop)
+        res = AttackResult.concat(parts)
+    if "generator" in opts and gen_seed is not None and "seed" in res.params:
+        res.params["seed"] = gen_seed  # what gr.<attack>(..., seed=--seed) records
+    if reporter:
+        reporter.update(x.shape[0])
+    return res
+
+
+def _make_attack_command(name: str):
+    entry = registry.attacks.get(name)
+    norms = "|".join(entry.norms)
+
+    @shared(model="zoo:mlp-digits", data="digits", split="test", limit=100, root=None, data_option=None,
+            device="cpu", seed=0, verbose=False, logits=None)
+    def cmd(
+        s: Shared,
+        eps: Optional[float] = typer.Option(None, "--eps", help="budget of a bounded attack (required by pgd; "
+                                            "omit for minimal mode where the attack has one)"),
+        norm: Optional[str] = typer.Option(None, "--norm", metavar=f"[{norms}]",
+                                           help=f"norm (default: {entry.norms[0] if entry.norms else '—'})"),
+        target: Optional[int] = typer.Option(None, "--target", help="targeted attack towards this class"),
+        option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="KEY=VALUE",
+                                                   help="attack option, repeatable (listed below)"),
+        use_labels: bool = typer.Option(False, "--use-labels",
+                                        help="attack the true labels (default: the model's predictions)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="write the result and a figure into this folder"),
+    ):
+        _attack(entry, s, eps=eps, norm=norm, target=target, option=option, use_labels=use_labels, out=out)
+
+    attack_app.command(name, help=escape(_attack_help(entry)), short_help=escape(_what(entry)))(cmd)
+
+
+def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> None:
+    from . import plots
+
+    name = entry.name
+    opts = attack_options(entry, eps=eps, norm=norm, target=target, option=option)
+    files = (f"result_{name}.json", f"result_{name}.safetensors", f"examples_{name}.png")
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    x, y = run.x, run.y
+    with Reporter(name, x.shape[0]) as rep:
+        res = run_attack(entry, run.clf, x, y if use_labels else None, opts, seed=s.seed, reporter=rep)
+    summ = res.summary()
+    rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in summ.items() if k != "warnings"]
+    _print_table(f"{name} on {s.model} / {s.data} ({s.split})", rows)
+    _warn(getattr(res, "warnings", None))
     if out is not None:
         res.save(out / f"result_{name}")
-        classes = _classes(data)
-        plots.adversarial_examples(res, out / f"examples_{name}.png", classes=classes)
+        plots.adversarial_examples(res, out / f"examples_{name}.png", classes=_classes(s))
         console.print(f"wrote {out}/result_{name}.json/.safetensors and {out}/examples_{name}.png")
 
 
+for _name in registry.attacks.names():
+    if registry.attacks.get(_name).kind != "universal":
+        _make_attack_command(_name)
+
+
 # ------------------------------------------------------------------------------------------ evaluate
+def _eval_default_eps() -> str:
+    from .evaluation.suite import DEFAULT_EPS
+
+    return "; ".join(f"L{'∞' if k == 'inf' else k}: {','.join(f'{e:g}' for e in v)}" for k, v in DEFAULT_EPS.items())
+
+
+def _eval_options(option: list[str] | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``-o ATTACK.KEY=VALUE`` → ``{attack: {key: value}}``; an attack that is not run is an error."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in option or []:
+        head, _, _ = o.partition("=")
+        if "." not in head:
+            raise OptionError(f"evaluate option {o!r} must look like ATTACK.KEY=VALUE, e.g. pgd.steps=20")
+        a, _, rest = o.partition(".")
+        if a not in names:
+            raise OptionError(f"option {o!r} is for attack {a!r}, which this evaluation does not run "
+                              f"(attacks: {', '.join(names)}); add it to --attacks or drop the option")
+        kv = _parse_options([rest], f"option of {a} (-o)")
+        for k in kv:
+            if k in ("eps", "norm"):
+                raise OptionError(f"option {o!r}: evaluate sets {k} itself; use --{k}")
+            if k in out.setdefault(a, {}):
+                raise OptionError(f"option {a}.{k} is given twice; give it once")
+        out[a].update(kv)
+    for a, kv in out.items():
+        registry.attacks.get(a).check_options(kv)
+    return out
+
+
 @app.command()
-@_handle_errors
+@shared(model="zoo:mlp-digits", data="digits", split="test", limit=500, root=None, data_option=None, device="cpu",
+        seed=0, verbose=False, logits=None)
 def evaluate(
-    model: str = typer.Option("zoo:mlp-digits", help="zoo:NAME, a .safetensors/.pt file, or pkg.mod:factory"),
-    data: str = typer.Option("digits"), split: str = typer.Option("test"),
-    limit: Optional[int] = typer.Option(500), root: Optional[str] = typer.Option(None),
-    attacks: Optional[str] = typer.Option(None, help="comma-separated attack names (default: all suited)"),
-    eps: Optional[str] = typer.Option(None, help="comma-separated eps values"),
-    norm: str = typer.Option("inf"),
-    out: Optional[Path] = typer.Option(None, help="write evaluation.json, results and figures here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    s: Shared,
+    attacks: Optional[str] = typer.Option(None, help="comma-separated attack names (default: fgsm, pgd, deepfool "
+                                          "where they support --norm)"),
+    eps: Optional[str] = typer.Option(None, help="comma-separated eps values (default: " + _eval_default_eps() + ")"),
+    norm: str = typer.Option("inf", metavar="[2|inf]", help="the norm of every attack and eps"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="ATTACK.KEY=VALUE",
+                                               help="an option of one attack, repeatable (e.g. pgd.steps=20)"),
+    out: Optional[Path] = typer.Option(None, help="write evaluation.json, results and figures into this folder"),
 ):
     """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation)."""
+    from .checks import check_norm
     from .evaluation import evaluate as run_eval
     from .evaluation import save_evaluation
+    from .evaluation.suite import DEFAULT_EPS, default_attacks
 
-    clf, dev = _start(model, device, seed, verbose)
-    x, y = _load_data(data, split, limit, root)
-    names = [a.strip() for a in attacks.split(",")] if attacks else None
-    with _progress() as prog:
-        task = prog.add_task("evaluating", total=None, info="")
-
+    nrm = check_norm(norm)
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
+    for a in names:
+        e = registry.attacks.get(a)
+        if e.kind not in ("minimal", "black-box", "bounded"):
+            raise OptionError(f"attack {a!r} ({e.kind}) is not a per-sample attack the suite can run; use its own "
+                              "command (e.g. georobust universal)")
+        if nrm not in e.norms:
+            raise OptionError(f"attack {a!r} does not support --norm {nrm} (it supports {', '.join(e.norms)})")
+    options = _eval_options(option, names)
+    eps_list = _floats(eps, "--eps")
+    n_runs = 0
+    for a in names:
+        e = registry.attacks.get(a)
+        n_runs += 1 if e.kind != "bounded" else sum(1 for v in (eps_list or DEFAULT_EPS[nrm]) if v != 0)
+    files = ("evaluation.json", "robust_accuracy.png") + tuple(f"result_{a}.json" for a in names)
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    x, y = run.x, run.y
+    n = x.shape[0]
+    eps_sorted = sorted(eps_list if eps_list is not None else DEFAULT_EPS[nrm])
+    state = {"done": 0, "running": False}
+    with Reporter("evaluating", n_runs * n, unit="attack-samples") as rep:
         def on_attack(name, j, total):
-            prog.update(task, description=name, completed=j, total=total, info="")
-        ev, results = run_eval(clf, x.to(dev), y.to(dev), attacks=names, eps=_floats(eps), norm=norm,
-                               model_name=model, data_name=data, on_attack=on_attack)
-        prog.update(task, description="done", completed=1, total=1)
-    console.print(f"{model} on {data} ({split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
+            # called before each run (and before the skipped ε = 0 of a bounded attack): the previous one is done
+            if state["running"]:
+                state["done"] += 1
+            bounded = registry.attacks.get(name).kind == "bounded"
+            state["running"] = not (bounded and eps_sorted[j] == 0)
+            rep.update(min(state["done"], n_runs) * n, description=f"{name} ({j + 1}/{total})")
+        ev, results = run_eval(run.clf, x, y, attacks=names, eps=eps_list, norm=nrm, model_name=s.model,
+                               data_name=s.data, options=options, on_attack=on_attack)
+        rep.update(n_runs * n, description="evaluated")
+    console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
     _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})", ev.table())
+    _warn(list(getattr(ev, "warnings", None) or []) + [w for r in results.values() for w in
+                                                        (getattr(r, "warnings", None) or [])])
     if out is not None:
-        classes = _classes(data)
-        written = save_evaluation(ev, results, out, classes=classes)
+        written = save_evaluation(ev, results, out, classes=_classes(s))
         console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 # ------------------------------------------------------------------------------------------- analyse
-_MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or pkg.mod:factory"
+_ANALYSIS = dict(model="zoo:mlp-digits", data="digits", split="test", root=None, data_option=None, device="cpu",
+                 seed=0, verbose=False, logits=None)
 
 
-def _analysis_inputs(model: str, data: str, split: str, limit: Optional[int], device: str, seed: int,
-                     verbose: bool):
-    clf, dev = _start(model, device, seed, verbose)
-    x, y = _load_data(data, split, limit, None)
-    return clf, x.to(dev), y.to(dev)
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _stages(rep: Reporter, stages: list[tuple[str, Any]]) -> list[Any]:
+    out = []
+    for i, (desc, fn) in enumerate(stages):
+        rep.update(i, description=desc)
+        out.append(fn())
+    rep.update(len(stages), description=rep.title)
+    return out
 
 
 @analyse_app.command("curvature")
-@_handle_errors
+@shared(limit=50, **_ANALYSIS)
 def analyse_curvature(
-    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
-    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(50),
+    s: Shared,
     k: int = typer.Option(5, help="eigenvalues per end of the spectrum"),
     softplus_beta: Optional[float] = typer.Option(None, help="measure the boundary of a Softplus(β) copy"),
-    out: Optional[Path] = typer.Option(None, help="write curvature.png and the results here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Optional[Path] = typer.Option(None, help="write curvature_profile.png and the results into this folder"),
 ):
     """Curvature profile of the loss and principal curvatures of the boundary at the DeepFool point."""
     from . import plots
     from .geometry.curvature import boundary_curvature, curvature_profile
 
-    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
-    with console.status("curvature…"):
-        prof = curvature_profile(clf, x, k=k, seed=seed)
-        bc = boundary_curvature(clf, x, k=k, seed=seed, softplus_beta=softplus_beta)
+    files = ("curvature_profile.json", "boundary_curvature.json", "curvature_profile.png")
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    with Reporter("curvature", 2, unit="stages") as rep:
+        prof, bc = _stages(rep, [
+            ("loss-Hessian spectra (Lanczos)", lambda: curvature_profile(run.clf, run.x, k=k, seed=s.seed)),
+            ("boundary curvature", lambda: boundary_curvature(run.clf, run.x, k=k, seed=s.seed,
+                                                              softplus_beta=softplus_beta))])
     rows = [["metric", "value"]] + [[f"loss Hessian: {a}", _fmt(b)] for a, b in prof.summary().items()]
     rows += [[f"boundary: {a}", _fmt(b)] for a, b in bc.summary().items()]
-    _print_table(f"curvature of {model} on {data} ({split})", rows)
+    _print_table(f"curvature of {s.model} on {s.data} ({s.split})", rows)
     if out is not None:
         prof.save(out / "curvature_profile")
         bc.save(out / "boundary_curvature")
-        plots.loss_curvature_profiles({model: prof}, out / "curvature_profile.png")
+        plots.loss_curvature_profiles({s.model: prof}, out / "curvature_profile.png")
         console.print(f"wrote {out}/curvature_profile.png and the results")
 
 
 @analyse_app.command("cross-section")
-@_handle_errors
+@shared(limit=6, **_ANALYSIS)
 def analyse_cross_section(
-    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
-    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(6),
-    second: str = typer.Option("random", help="random or curvature"),
-    resolution: int = typer.Option(101), scale_normal: float = typer.Option(2.0, help="half-width along the normal, × ‖r*‖"),
+    s: Shared,
+    second: str = typer.Option("random", metavar="[random|curvature]", help="the second direction of the plane"),
+    resolution: int = typer.Option(101),
+    scale_normal: float = typer.Option(2.0, help="half-width along the normal, × ‖r*‖"),
     scale_second: float = typer.Option(2.0, help="half-width along the second direction, × ‖r*‖"),
     softplus_beta: Optional[float] = typer.Option(None, help="for --second curvature on a ReLU model"),
-    out: Path = typer.Option(Path("."), help="write cross_sections.png here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Optional[Path] = typer.Option(None, help="write cross_sections.png here (default: a new folder "
+                                       "results/cross-section-MODEL-TIMESTAMP)"),
 ):
     """Normal cross-sections of the decision boundary (normal × random or × top-curvature direction)."""
     from . import plots
     from .geometry.cross_section import cross_section
 
-    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
-    with console.status("cross-sections…"):
-        cs = cross_section(clf, x, second=second, resolution=resolution, scale=(scale_normal, scale_second),
-                           seed=seed, softplus_beta=softplus_beta)
+    out = out if out is not None else _default_out("cross-section", s.model)
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, ("cross_sections.png",)))
+    with Reporter("cross-sections", 1, unit="stages") as rep:
+        (cs,) = _stages(rep, [("cross-sections", lambda: cross_section(
+            run.clf, run.x, second=second, resolution=resolution, scale=(scale_normal, scale_second), seed=s.seed,
+            softplus_beta=softplus_beta))])
     rows = [["sample", "class", "‖r*‖", "classes in the section"]]
     for i in range(cs.labels.shape[0]):
         rows.append([str(i), str(int(cs.orig[i])), f"{float(cs.r_norm[i]):.4g}",
                      ",".join(str(c) for c in cs.labels[i].unique().tolist())])
-    _print_table(f"normal × {cs.second_kind} cross-sections of {model}", rows)
-    classes = _classes(data)
-    path = plots.cross_sections(cs, out / "cross_sections.png", n=cs.labels.shape[0], classes=classes)
+    _print_table(f"normal × {cs.second_kind} cross-sections of {s.model}", rows)
+    path = plots.cross_sections(cs, out / "cross_sections.png", n=cs.labels.shape[0], classes=_classes(s))
     console.print(f"wrote {path}")
 
 
+def noise_rows(results, d: int, med: float) -> tuple[list[list[str]], bool]:
+    """Rows of the random-noise table; ``—`` where no sample crossed (and whether that happened)."""
+    rows = [["random noise", "never crosses", "median ‖r_noise‖", "√d·median ‖r*‖"]]
+    none_crossed = False
+    for name, r in results:
+        if bool(r.crossed.any()):
+            m = f"{float(r.r_noise[r.crossed].median()):.4g}"
+        else:
+            m, none_crossed = "— (no sample crossed)", True
+        rows.append([name, f"{r.never_crossed:.3f}", m, _fmt(math.sqrt(d) * med)])
+    return rows, none_crossed
+
+
 @analyse_app.command("subspace")
-@_handle_errors
+@shared(limit=100, **_ANALYSIS)
 def analyse_subspace(
-    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
-    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(100),
+    s: Shared,
     ratios: str = typer.Option("0.25,0.0625,0.0204,0.01", help="comma-separated m/d"),
     noise_directions: int = typer.Option(1, help="random directions per sample for random-noise robustness"),
-    out: Optional[Path] = typer.Option(None, help="write subspace.png here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Optional[Path] = typer.Option(None, help="write subspace.png into this folder"),
 ):
     """β = √(m/d)·‖r*_S‖/‖r*‖ in random subspaces, and robustness to random noise (m = 1)."""
-    import math
-
     from . import plots
     from .geometry.subspace import noise_robustness, subspace_robustness
 
-    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
-    with console.status("subspace DeepFool…"):
-        res = subspace_robustness(clf, x, ratios=tuple(_floats(ratios) or ()), seed=seed)
-        nb = noise_robustness(clf, x, directions=noise_directions, seed=seed, bounded=True)
-        nu = noise_robustness(clf, x, directions=noise_directions, seed=seed, bounded=False)
-    _print_table(f"random-subspace robustness of {model} (d={res.d})", res.table())
-    med = float(res.r_norm[res.converged_full].median())
-    rows = [["random noise", "never crosses", "median ‖r_noise‖", "√d·median ‖r*‖"]]
-    for name, r in (("inside the box", nb), ("unbounded", nu)):
-        m = float(r.r_noise[r.crossed].median()) if bool(r.crossed.any()) else float("nan")
-        rows.append([name, f"{r.never_crossed:.3f}", f"{m:.4g}", f"{math.sqrt(res.d) * med:.4g}"])
+    rat = tuple(_floats(ratios, "--ratios") or ())
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, ("subspace.png",)))
+    with Reporter("subspace", 3, unit="stages") as rep:
+        res, nb, nu = _stages(rep, [
+            (f"DeepFool in {len(rat)} random subspaces",
+             lambda: subspace_robustness(run.clf, run.x, ratios=rat, seed=s.seed)),
+            ("random noise inside the box",
+             lambda: noise_robustness(run.clf, run.x, directions=noise_directions, seed=s.seed, bounded=True)),
+            ("random noise, unbounded",
+             lambda: noise_robustness(run.clf, run.x, directions=noise_directions, seed=s.seed, bounded=False))])
+    _print_table(f"random-subspace robustness of {s.model} (d={res.d})", res.table())
+    ok = res.r_norm[res.converged_full]
+    med = float(ok.median()) if ok.numel() else float("nan")
+    rows, none = noise_rows((("inside the box", nb), ("unbounded", nu)), res.d, med)
     _print_table("random noise (m = 1)", rows)
+    if none:
+        console.print("—: no sample crossed the boundary along its random directions")
     if out is not None:
-        console.print(f"wrote {plots.subspace_ratios({model: res}, out / 'subspace.png')}")
+        console.print(f"wrote {plots.subspace_ratios({s.model: res}, out / 'subspace.png')}")
 
 
 @analyse_app.command("normals")
-@_handle_errors
+@shared(limit=200, **_ANALYSIS)
 def analyse_normals(
-    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
-    split: str = typer.Option("test"), limit: Optional[int] = typer.Option(200, help="points whose normals are used"),
+    s: Shared,
     dims: str = typer.Option("1,5,10,25,50", help="comma-separated subspace dimensions m"),
     eps: Optional[float] = typer.Option(None, help="L2 norm of the random vectors (default 2 × median ‖r*‖)"),
-    out: Optional[Path] = typer.Option(None, help="write normals.png here"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Optional[Path] = typer.Option(None, help="write normals.png into this folder"),
 ):
     """Singular values of boundary normals vs random vectors; flat-model fooling rates (evaluated on the other
     half of the samples)."""
     from . import plots
     from .geometry.normals import normal_spectrum
 
-    clf, x, _ = _analysis_inputs(model, data, split, limit, device, seed, verbose)
+    dim_list = _ints(dims, "--dims")
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, ("normals.png",)))
+    x = run.x
     half = x.shape[0] // 2
-    with console.status("boundary normals…"):
-        ns = normal_spectrum(clf, x[:half], x_eval=x[half:], dims=[int(v) for v in _floats(dims) or ()], eps=eps,
-                             seed=seed)
-    s, sr = ns.singular_values, ns.random_singular_values
+    with Reporter("normals", 1, unit="stages") as rep:
+        (ns,) = _stages(rep, [("boundary normals", lambda: normal_spectrum(
+            run.clf, x[:half], x_eval=x[half:], dims=dim_list, eps=eps, seed=s.seed))])
+    sv, sr = ns.singular_values, ns.random_singular_values
     rows = [["index", "σ normals / σ₁", "σ random / σ₁"]]
     for i in [0, 1, 4, 9, 24, 49]:
-        if i < s.numel():
-            rows.append([str(i + 1), f"{float(s[i] / s[0]):.3f}", f"{float(sr[i] / sr[0]):.3f}"])
-    _print_table(f"singular values of {ns.n_normals} boundary normals of {model}", rows)
+        if i < sv.numel():
+            rows.append([str(i + 1), f"{float(sv[i] / sv[0]):.3f}", f"{float(sr[i] / sr[0]):.3f}"])
+    _print_table(f"singular values of {ns.n_normals} boundary normals of {s.model}", rows)
     rows = [["m", "fooling (span of top m)", "fooling (isotropic)"]]
     rows += [[str(m), f"{f:.3f}", f"{ns.fooling_isotropic:.3f}"] for m, f in zip(ns.dims, ns.fooling_subspace)]
     _print_table(f"flat model, ‖v‖₂ = {ns.eps:.4g}, {ns.n_eval} points", rows)
     if out is not None:
-        console.print(f"wrote {plots.normal_spectrum({model: ns}, out / 'normals.png')}")
+        console.print(f"wrote {plots.normal_spectrum({s.model: ns}, out / 'normals.png')}")
 
 
 # ----------------------------------------------------------------------------------------- universal
 @app.command()
-@_handle_errors
+@shared(model="zoo:mlp-digits", data="digits", limit=1000, root=None, data_option=None, device="cpu", seed=0,
+        verbose=False, logits=None)
 def universal(
-    model: str = typer.Option("zoo:mlp-digits", help=_MODEL_HELP), data: str = typer.Option("digits"),
-    limit: Optional[int] = typer.Option(1000, help="training images X (the first N of the train split)"),
+    s: Shared,
     eval_limit: Optional[int] = typer.Option(1000, help="held-out images (the first N of the test split)"),
-    norm: str = typer.Option("inf", help="2 or inf"), xi: float = typer.Option(0.2, help="radius ξ of the ball"),
+    norm: str = typer.Option("inf", metavar="[2|inf]", help="norm of the ball"),
+    xi: float = typer.Option(0.2, help="radius ξ of the ball"),
     delta: float = typer.Option(0.2, help="stop at fooling rate 1 − δ on X"),
-    max_passes: int = typer.Option(10), mode: str = typer.Option("sequential", help="sequential or batched"),
+    max_passes: int = typer.Option(10),
+    mode: str = typer.Option("sequential", metavar="[sequential|batched]", help="Algorithm 1, or the batched variant"),
     chunk: int = typer.Option(256, help="chunk size (batched mode: the DeepFool batch)"),
-    clip: bool = typer.Option(True, help="clamp x + v into the model's bounds"),
-    resume: bool = typer.Option(False, help="resume from OUT/universal.json if it exists"),
-    out: Path = typer.Option(Path("universal_out"), help="write the result (checkpointed each pass) and figures"),
-    device: str = typer.Option("cpu"), seed: int = typer.Option(0), verbose: bool = typer.Option(False, "--verbose", "-v"),
+    clip: bool = typer.Option(True, "--clip/--no-clip", help="clamp x + v into the model's bounds"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run checkpointed in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a checkpoint already in --out"),
+    out: Optional[Path] = typer.Option(None, help="write the result (checkpointed each pass) and figures here "
+                                       "(default: a new folder results/universal-MODEL-TIMESTAMP)"),
 ):
-    """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass."""
+    """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass.
+    --limit is the number of training images X (the first N of the train split)."""
     from . import plots
     from .attacks.universal import fooling, universal_perturbation
+    if resume and out is None:
+        raise OptionError("--resume needs --out (the folder of the run to continue)")
+    if resume and overwrite:
+        raise OptionError("--resume and --overwrite contradict each other: resume the checkpoint, or replace it")
+    out = out if out is not None else _default_out("universal", s.model)
+    ckpt = out / "universal"
+    s.split = "train"
 
-    clf, dev = _start(model, device, seed, verbose)
-    x, _ = _load_data(data, "train", limit, None)
-    xe, _ = _load_data(data, "test", eval_limit, None)
-    x, xe = x.to(dev), xe.to(dev)
-    with _progress() as prog:
-        task = prog.add_task("pass 1", total=x.shape[0], info="")
+    def outputs():
+        _check_out_dir(out, ("universal.json", "universal.safetensors", "perturbation.png", "examples.png"))
+        found = [p for p in (ckpt.with_suffix(".json"), ckpt.with_suffix(".safetensors")) if p.exists()]
+        if resume and len(found) < 2:
+            missing = [p.name for p in (ckpt.with_suffix(".json"), ckpt.with_suffix(".safetensors"))
+                       if p not in found]
+            from .errors import CheckpointError
 
+            raise CheckpointError(f"--resume: the checkpoint in {out} is incomplete or missing "
+                                  f"({', '.join(missing)} not found); nothing to resume")
+        if found and not (resume or overwrite):
+            raise OutputError(f"{out} already holds a universal perturbation ({found[0].name}); pass --resume to "
+                              "continue it, --overwrite to replace it, or choose another --out")
+
+    run = _start(s, check_outputs=outputs)
+    x = run.x
+    xe, _ = gdata.load(s.data, split="test", limit=eval_limit, **_data_options(s))
+    xe = xe.to(run.dev)
+    kw = {}
+    if overwrite:
+        if _accepts(universal_perturbation, "overwrite"):
+            kw["overwrite"] = True
+        else:
+            for p in (ckpt.with_suffix(".json"), ckpt.with_suffix(".safetensors")):
+                p.unlink(missing_ok=True)
+    with Reporter("pass 1", x.shape[0]) as rep:
         def on_progress(p, done, total, info):
-            prog.update(task, description=f"pass {p + 1}/{max_passes}", completed=done, total=total,
-                        info=f"steps {info['updates']}  ‖v‖ {info['norm']:.3g}")
+            rep.update(done, total=total, description=f"pass {p + 1}/{max_passes}",
+                       info=f"steps {info['updates']}  ‖v‖ {info['norm']:.3g}")
 
         def on_pass(r):
             fe = r.fooling_eval[-1]
-            prog.console.print(f"pass {r.passes}: fooling rate X {r.fooling_train[-1]:.3f}, held-out "
-                               f"{'—' if fe is None else f'{fe:.3f}'}, {r.updates[-1]} steps, {r.pass_seconds[-1]:.1f}s")
-            prog.reset(task, total=x.shape[0])
+            rep.print(f"pass {r.passes}: fooling rate X {r.fooling_train[-1]:.3f}, held-out "
+                      f"{'—' if fe is None else f'{fe:.3f}'}, {r.updates[-1]} steps, {r.pass_seconds[-1]:.1f}s")
 
-        res = universal_perturbation(clf, x, xi=xi, norm=norm, delta=delta, max_passes=max_passes, x_eval=xe,
-                                     mode=mode, chunk=chunk, clip=clip, seed=seed, checkpoint=out / "universal",
-                                     resume=resume, on_progress=on_progress, on_pass=on_pass)
+        res = universal_perturbation(run.clf, x, xi=xi, norm=norm, delta=delta, max_passes=max_passes, x_eval=xe,
+                                     mode=mode, chunk=chunk, clip=clip, seed=s.seed, checkpoint=ckpt,
+                                     resume=resume, on_progress=on_progress, on_pass=on_pass, **kw)
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in res.summary().items()]
-    _print_table(f"universal perturbation of {model} on {data}", rows)
-    _, lc, la = fooling(clf, xe[:64], res.v, clip=clip)
-    plots.universal_perturbation(res.v, out / "perturbation.png", title=f"{model}: L{norm} ξ={xi:g}")
-    plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=_classes(data),
-                             bounds=clf.bounds)
+    _print_table(f"universal perturbation of {s.model} on {s.data}", rows)
+    _warn(getattr(res, "warnings", None))
+    _, lc, la = fooling(run.clf, xe[:64], res.v, clip=clip)
+    plots.universal_perturbation(res.v, out / "perturbation.png", title=f"{s.model}: L{norm} ξ={xi:g}")
+    plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=_classes(s),
+                             bounds=run.clf.bounds)
     console.print(f"wrote {out}/universal.json/.safetensors, {out}/perturbation.png, {out}/examples.png")
 
 

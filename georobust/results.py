@@ -280,6 +280,61 @@ class AttackResult(_Saveable):
             f"median_l2={s['median_l2']:.4g}, median_linf={s['median_linf']:.4g}, {self.elapsed:.2f}s)"
         )
 
+    @classmethod
+    def concat(cls, results) -> AttackResult:
+        """One result from the results of one attack on consecutive chunks of samples (the CLI's progress).
+
+        Per-sample tensors are concatenated in order (the verified ``success`` of each chunk is kept, not
+        recomputed); ``elapsed`` is summed; ``params`` must agree, except per-sample lists (one entry per
+        sample, e.g. L-BFGS's ``c``), which are concatenated; warnings are merged without repeats.
+        """
+        from .errors import InputError
+
+        results = list(results)
+        if not results:
+            raise InputError("AttackResult.concat needs at least one result")
+        if len(results) == 1:
+            return results[0]
+        first = results[0]
+        sizes = [int(r.success.numel()) for r in results]
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            vals = [getattr(r, f.name) for r in results]
+            if f.name == "elapsed":
+                kw[f.name] = float(sum(vals))
+            elif f.name == "params":
+                kw[f.name] = _concat_params(vals, sizes)
+            elif f.name == "warnings":
+                kw[f.name] = list(dict.fromkeys(w for v in vals for w in (v or [])))
+            elif all(isinstance(v, torch.Tensor) for v in vals):
+                kw[f.name] = torch.cat(vals)
+            elif all(v is None for v in vals):
+                kw[f.name] = None
+            elif all(v == vals[0] for v in vals) and not any(isinstance(v, torch.Tensor) for v in vals):
+                kw[f.name] = vals[0]
+            else:
+                raise InputError(f"AttackResult.concat: the results disagree on {f.name!r} "
+                                 f"({first.attack} and {', '.join(sorted({r.attack for r in results}))}); "
+                                 "only chunks of one attack run can be merged")
+        return cls(**kw)
+
+
+def _concat_params(params: list[dict], sizes: list[int]) -> dict:
+    from .errors import InputError
+
+    keys = list(dict.fromkeys(k for p in params for k in p))
+    out = {}
+    for k in keys:
+        vals = [p.get(k) for p in params]
+        if all(v == vals[0] for v in vals):
+            out[k] = vals[0]
+        elif all(isinstance(v, list) and len(v) == n for v, n in zip(vals, sizes)):
+            out[k] = [a for v in vals for a in v]
+        else:
+            raise InputError(f"AttackResult.concat: parameter {k!r} differs between the chunks ({vals}); "
+                             "only chunks of one attack run can be merged")
+    return out
+
 
 @dataclass
 class UniversalResult(_Saveable):

@@ -16,9 +16,11 @@ def run(*args, check=True):
 
 
 def test_help_everywhere():
-    for cmd in ([], ["data", "list"], ["zoo", "list"], ["train"], ["attack"], ["evaluate"]):
+    for cmd in ([], ["data", "list"], ["zoo", "list"], ["train"], ["attack"], ["attack", "deepfool"], ["evaluate"],
+                ["universal"], ["analyse", "curvature"], ["analyse", "cross-section"], ["analyse", "subspace"],
+                ["analyse", "normals"]):
         p = run(*cmd, "--help")
-        assert "Usage" in p.stdout
+        assert "Usage" in p.stdout and "Traceback" not in p.stderr
 
 
 def test_data_and_zoo_list():

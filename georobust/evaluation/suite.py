@@ -86,6 +86,10 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         raise OptionError(f"no attack to run for norm {norm}")
     entries = [registry.attacks.get(a) for a in attacks]
     options = options or {}
+    for a in options:  # an option for an attack that is not run would be silently ignored
+        if a not in attacks:
+            raise OptionError(f"options given for attack {a!r}, which this evaluation does not run "
+                              f"(attacks: {', '.join(attacks)}); add it to attacks= or drop its options")
     for e in entries:
         if e.kind not in _ONCE and e.kind != "bounded":
             raise OptionError(f"attack {e.name!r} ({e.kind}) is not a per-sample attack the suite can run; "
