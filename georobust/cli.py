@@ -868,6 +868,15 @@ def run_attack(entry, clf, x, y, opts: dict[str, Any], *, seed: int = 0, reporte
     return res
 
 
+def _query_budget(entry, opts) -> int | None:
+    """The per-sample query budget of a decision-based attack (``None`` for the others)."""
+    p = entry.options().get("max_queries")
+    if entry.kind != "black-box" or p is None:
+        return None
+    b = opts.get("max_queries", p.default)
+    return b if isinstance(b, int) and not isinstance(b, bool) and b > 0 else None
+
+
 def _make_attack_command(name: str):
     entry = registry.attacks.get(name)
     norms = "|".join(entry.norms)
@@ -900,8 +909,21 @@ def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> 
     files = (f"result_{name}.json", f"result_{name}.safetensors", f"examples_{name}.png")
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
     x, y = run.x, run.y
-    with Reporter(name, x.shape[0]) as rep:
-        res = run_attack(entry, run.clf, x, y if use_labels else None, opts, seed=s.seed, reporter=rep)
+    budget = _query_budget(entry, opts)
+    if budget is None:
+        with Reporter(name, x.shape[0]) as rep:
+            res = run_attack(entry, run.clf, x, y if use_labels else None, opts, seed=s.seed, reporter=rep)
+    else:  # decision-based: progress is the label queries spent out of the budget (counted at the model)
+        total = budget * x.shape[0]
+        with Reporter(name, total, unit="queries") as rep:
+            def count(module, inputs, output):
+                rep.update(min(rep.completed + int(inputs[0].shape[0]), total))
+            hook = run.clf.register_forward_hook(count)
+            try:
+                res = run_attack(entry, run.clf, x, y if use_labels else None, opts, seed=s.seed)
+            finally:
+                hook.remove()
+            rep.update(total)
     summ = res.summary()
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in summ.items() if k != "warnings"]
     _print_table(f"{name} on {s.model} / {s.data} ({s.split})", rows)

@@ -254,6 +254,9 @@ def test_progress_lines_when_piped():
     assert "done deepfool: 300/300 samples (100%)" in p.stderr
     p = run("evaluate", "--limit", "40", "--attacks", "fgsm,deepfool", "--eps", "0.05,0.1")
     assert "done evaluated: 120/120 attack-samples" in p.stderr  # fgsm twice (one per eps), deepfool once
+    # decision-based: the label queries spent out of the per-sample budget, counted at the model
+    p = run("attack", "qfool", "--limit", "3", "-o", "max_queries=400")
+    assert "/1200 queries (" in p.stderr and "done qfool: 1200/1200 queries (100%)" in p.stderr
 
 
 # -------------------------------------------------------------------------------------------- 8. help
