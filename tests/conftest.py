@@ -14,7 +14,8 @@ from torch import nn
 
 from georobust import Classifier
 
-torch.set_num_threads(int(os.environ.get("GEOROBUST_TEST_THREADS", "2")))
+# GEOROBUST_TEST_THREADS, else OMP_NUM_THREADS (so `OMP_NUM_THREADS=1 pytest` really runs on one thread), else 2
+torch.set_num_threads(int(os.environ.get("GEOROBUST_TEST_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))))
 
 
 class Affine(nn.Module):

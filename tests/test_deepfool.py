@@ -81,7 +81,9 @@ def test_bounds_verified_success_and_independent_norms(mlp_digits, digits_test):
         with torch.inference_mode():
             lab = mlp_digits(res.x_adv).argmax(1)
         assert torch.equal(res.success, lab != res.y)
-        assert res.success.all()  # DeepFool fools this model everywhere
+        # DeepFool fools this model everywhere; a few of its points (9 of 200 for L2, measured) are past the
+        # boundary by less than round-off (clipping eats the overshoot) and may count either way elsewhere
+        assert bool((res.success | on_boundary(mlp_digits, res.x_adv, res.y)).all())
         r = (res.x_adv.numpy().astype("float64") - x.numpy().astype("float64")).reshape(200, -1)
         import numpy as np
 
@@ -138,7 +140,8 @@ def test_already_misclassified_and_predicted_label(mlp_digits, digits_test):
     assert (res.l2[~wrong] > 0).all()
     res_none = deepfool(mlp_digits, x)  # y=None: attack the prediction, every sample moves
     assert torch.equal(res_none.y, pred)
-    assert (res_none.l2 > 0).all() and res_none.success.all()
+    assert (res_none.l2 > 0).all()
+    assert bool((res_none.success | on_boundary(mlp_digits, res_none.x_adv, pred)).all())  # round-off: above
     torch.testing.assert_close(res_none.x_adv[~wrong], res.x_adv[~wrong])
 
 
@@ -244,7 +247,13 @@ def test_foolbox_cross_check_digits(mlp_digits, digits_test, norm):
         _, xa, _ = attack(fb.PyTorchModel(mlp_digits, bounds=(0, 1)), x, fb.criteria.Misclassification(pred),
                           epsilons=None)
     s_fb = fooled(xa)
-    assert ours.success_rate >= float(s_fb.double().mean())
+    # Foolbox returns the same points as ours (measured: median ratio 1.000000), and on this model 14 of 300
+    # (L2) / 3 (L∞) of them are past the boundary by less than round-off (both implementations stop at the
+    # first iterate the model calls fooled, and clipping into [0, 1] eats the overshoot): those may count as
+    # fooled or not on another CPU, so they are left out of the comparison of success counts
+    u_ours, u_fb = on_boundary(mlp_digits, ours.x_adv, pred), on_boundary(mlp_digits, xa, pred)
+    assert int(u_ours.sum()) <= 30  # ≤ 10%: the comparison still counts most samples
+    assert int((ours.success | u_ours).sum()) >= int((s_fb & ~u_fb).sum())
     m_ours = float(ours.norms(norm)[ours.success].median())
     m_fb = _median_norm(xa, x, s_fb, norm)
     assert abs(m_ours / m_fb - 1) < 0.01, (m_ours, m_fb)
@@ -287,7 +296,10 @@ def test_torchattacks_deepfool_recorded(mlp_digits, digits_test):
 def test_art_deepfool_recorded(mlp_digits, digits_test):
     """ART 1.20 DeepFool (nb_grads=10, epsilon=0.02) on the same inputs: all adversarial, norms ~2% larger.
 
-    Measured on the first 200 test digits: success 1.0, median L2 0.4737 vs ours 0.4645 (+2.0%).
+    Measured on the first 200 test digits: success 1.0, median L2 0.4737 vs ours 0.4645 (+2.0%); per sample
+    ART's norm is ≥ 0.99985 × ours. ART's outputs are past the boundary by ≥ 5.8e-4 × max|logit| (none within
+    round-off); 9 of ours are past it by less than round-off (clipping eats the overshoot), so those may count
+    either way on another CPU.
     """
     pytest.importorskip("art")
     from art.attacks.evasion import DeepFool
@@ -301,9 +313,14 @@ def test_art_deepfool_recorded(mlp_digits, digits_test):
                                    verbose=False).generate(x.numpy()))
     s = fooled(xa)
     ours = deepfool(mlp_digits, x)
-    assert float(s.double().mean()) == 1.0 and ours.success.all()
+    assert float(s.double().mean()) == 1.0 and not bool(on_boundary(mlp_digits, xa, pred).any())
+    u_ours = on_boundary(mlp_digits, ours.x_adv, pred)
+    assert bool((ours.success | u_ours).all()) and int(u_ours.sum()) <= 20
     ratio = _median_norm(xa, x, s, "2") / float(ours.l2.median())
     assert 1.0 <= ratio < 1.05, ratio
+    # per sample: ART's overshoot is applied on top of the same linearisation, so never much below ours
+    per = (xa - x).flatten(1).double().norm(dim=1) / ours.l2
+    assert float(per.min()) >= 0.999, per.min()
 
 
 @pytest.mark.slow
@@ -327,5 +344,7 @@ def test_foolbox_cross_check_lenet_fmnist(norm):
         _, xa, _ = cls(steps=50, candidates=10, overshoot=0.02, loss="logits")(
             fb.PyTorchModel(clf, bounds=(0, 1)), x, fb.criteria.Misclassification(pred), epsilons=None)
     s_fb = fooled(xa)
-    assert ours.success_rate >= float(s_fb.double().mean())
+    u_ours, u_fb = on_boundary(clf, ours.x_adv, pred), on_boundary(clf, xa, pred)  # see the digits version
+    assert int(u_ours.sum()) <= 30
+    assert int((ours.success | u_ours).sum()) >= int((s_fb & ~u_fb).sum())
     assert abs(float(ours.norms(norm)[ours.success].median()) / _median_norm(xa, x, s_fb, norm) - 1) < 0.01

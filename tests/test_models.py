@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import fmnist_available, load_script, needs_fmnist
+from conftest import fmnist_available, load_script, needs_fmnist, on_boundary
 from torch import nn
 
 from georobust import Classifier, build, data, load_model, pretrained, save_weights
@@ -112,27 +112,44 @@ def test_manifest_complete():
         assert meta["seed"] == e["seed"]
 
 
+def _recorded_accuracy_tolerance(clf, x) -> float:
+    """The manifest rounds to 4 decimals (±5e-5); besides, a test image whose top-two margin is within round-off
+    (conftest.ROUNDOFF) may be classified either way on another CPU (measured: one such image of 10,000 for
+    lenet-fmnist-at, none for the others)."""
+    with torch.no_grad():
+        pred = torch.cat([clf(x[i:i + 2000]).argmax(1) for i in range(0, x.shape[0], 2000)])
+    unsure = torch.cat([on_boundary(clf, x[i:i + 2000], pred[i:i + 2000]) for i in range(0, x.shape[0], 2000)])
+    return 5e-5 + 1e-9 + int(unsure.sum()) / x.shape[0]
+
+
 def test_mlp_digits_accuracy_recomputed(mlp_digits, digits_test):
     acc = accuracy(mlp_digits, *digits_test)
     assert acc >= 0.95
-    assert acc == pytest.approx(manifest()["mlp-digits"]["test_accuracy"], abs=1e-4)
+    rec = manifest()["mlp-digits"]["test_accuracy"]
+    assert abs(acc - rec) <= _recorded_accuracy_tolerance(mlp_digits, digits_test[0]), (acc, rec)
 
 
 @needs_fmnist
 @pytest.mark.parametrize("name,floor", [("lenet-fmnist", 0.90), ("fc500-150-10-fmnist", 0.88)])
 def test_fmnist_models_accuracy_recomputed(name, floor):
     x, y = data.load("fashion-mnist", "test")
-    acc = accuracy(pretrained(name), x, y)
+    clf = pretrained(name)
+    acc = accuracy(clf, x, y)
     assert acc >= floor
-    assert acc == pytest.approx(manifest()[name]["test_accuracy"], abs=1e-4)
+    rec = manifest()[name]["test_accuracy"]
+    assert abs(acc - rec) <= _recorded_accuracy_tolerance(clf, x), (acc, rec)
 
 
 @pytest.mark.parametrize("name", sorted(manifest()))
 def test_shipped_robust_accuracy_recomputed(name):
-    """The manifest's PGD robust accuracy is what the recorded attack gives today (same seed, same images)."""
+    """The manifest's PGD robust accuracy is what the recorded attack gives today (same seed, same images).
+
+    PGD's sign steps amplify round-off: with the inputs perturbed by 1e-6 or 1 thread instead of 2, every value
+    was reproduced exactly except lenet-fmnist-at, 0.530 instead of 0.532 (one image of 500). Tolerance: two
+    images (4e-3), twice the measured spread."""
     e = manifest()[name]
     if e["data"] == "fashion-mnist" and not fmnist_available():
         pytest.skip("Fashion-MNIST not installed")
     got = load_script("tools/update_manifest.py").robust_accuracy(pretrained(name), e["data"])
-    assert got["value"] == pytest.approx(e["robust_accuracy"]["value"], abs=2e-3)
+    assert abs(got["value"] - e["robust_accuracy"]["value"]) <= 2 / got["n"] + 1e-9, (got, e["robust_accuracy"])
     assert got["eps"] == e["robust_accuracy"]["eps"] and got["n"] == e["robust_accuracy"]["n"]

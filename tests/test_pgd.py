@@ -143,7 +143,10 @@ def test_no_early_stop_runs_every_step(mlp_digits, digits100):
 @pytest.mark.parametrize("norm,eps", [("inf", 0.1), ("2", 1.0)])
 def test_cross_check_torchattacks(mlp_digits, digits_test, norm, eps):
     """Same model, inputs, eps, steps and α as torchattacks' PGD / PGDL2 (final iterate): our per-sample
-    worst case can only be as robust or less."""
+    worst case can only be as robust or less — in expectation over the random starts, which the two draw
+    differently. Measured over seeds 0-7 (540 digits): robust accuracy L∞ ours 0.411-0.420, theirs 0.409-0.422;
+    L2 ours 0.009-0.019, theirs 0.009-0.015; ours − theirs at most 0.0056 (3 samples) for the same seed. The
+    tolerance is twice that: 6 samples."""
     torchattacks = pytest.importorskip("torchattacks")
     x, y = digits_test
     steps, alpha = 10, 2.5 * eps / 10
@@ -156,7 +159,7 @@ def test_cross_check_torchattacks(mlp_digits, digits_test, norm, eps):
     theirs = float((predict(mlp_digits, xa) == y).double().mean())
     r = pgd(mlp_digits, x, y, eps=eps, norm=norm, steps=steps, step_size=alpha, seed=0)
     ours = float((~r.success).double().mean())
-    assert ours <= theirs + 0.01, (ours, theirs)
+    assert ours <= theirs + 6 / len(y), (ours, theirs)
 
 
 def test_validation(affine, affine_data):
