@@ -1043,6 +1043,33 @@ def _stages(rep: Reporter, stages: list[tuple[str, Any]]) -> list[Any]:
     return out
 
 
+def per_sample_chunks(fn, clf, x, *, reporter: Reporter | None = None, done: int = 0, **kw):
+    """``fn(clf, x, **kw)`` run on consecutive chunks of its own ``batch_size`` (its batches are independent, each
+    with the same seed: the same computation as one call), reporting samples done; per-sample tensor fields
+    of the results are concatenated, the other fields must agree."""
+    from dataclasses import fields as dc_fields
+
+    bs = kw.get("batch_size", inspect.signature(fn).parameters["batch_size"].default)
+    n = x.shape[0]
+    parts = []
+    for i in range(0, n, bs):
+        parts.append(fn(clf, x[i:i + bs], **kw))
+        if reporter:
+            reporter.update(done + min(i + bs, n))
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for f in dc_fields(parts[0]):
+        vals = [getattr(r, f.name) for r in parts]
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            merged[f.name] = torch.cat(vals)
+        elif all(v is None for v in vals) or all(v == vals[0] for v in vals):
+            merged[f.name] = vals[0]
+        else:
+            raise OptionError(f"{fn.__name__}: chunk results disagree on {f.name!r}")
+    return type(parts[0])(**merged)
+
+
 @analyse_app.command("curvature")
 @shared(limit=50, **_ANALYSIS)
 def analyse_curvature(
@@ -1057,11 +1084,13 @@ def analyse_curvature(
 
     files = ("curvature_profile.json", "boundary_curvature.json", "curvature_profile.png")
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
-    with Reporter("curvature", 2, unit="stages") as rep:
-        prof, bc = _stages(rep, [
-            ("loss-Hessian spectra (Lanczos)", lambda: curvature_profile(run.clf, run.x, k=k, seed=s.seed)),
-            ("boundary curvature", lambda: boundary_curvature(run.clf, run.x, k=k, seed=s.seed,
-                                                              softplus_beta=softplus_beta))])
+    n = run.x.shape[0]
+    with Reporter("loss-Hessian spectra", 2 * n) as rep:
+        prof = per_sample_chunks(curvature_profile, run.clf, run.x, reporter=rep, k=k, seed=s.seed)
+        rep.update(n, description="boundary curvature")
+        bc = per_sample_chunks(boundary_curvature, run.clf, run.x, reporter=rep, done=n, k=k, seed=s.seed,
+                               softplus_beta=softplus_beta)
+        rep.update(2 * n, description="curvature")
     rows = [["metric", "value"]] + [[f"loss Hessian: {a}", _fmt(b)] for a, b in prof.summary().items()]
     rows += [[f"boundary: {a}", _fmt(b)] for a, b in bc.summary().items()]
     _print_table(f"curvature of {s.model} on {s.data} ({s.split})", rows)

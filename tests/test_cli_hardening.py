@@ -221,6 +221,22 @@ def test_chunked_run_is_the_same_computation(mlp_digits, digits_test, name, opts
     assert a.params == b.params and a.minimal == b.minimal and a.attack == b.attack
 
 
+@pytest.mark.parametrize("fn_name", ["curvature_profile", "boundary_curvature"])
+def test_chunked_analysis_is_the_same_computation(mlp_digits, digits_test, fn_name):
+    from dataclasses import fields
+
+    from georobust.cli import per_sample_chunks
+    from georobust.geometry import curvature
+
+    fn = getattr(curvature, fn_name)
+    x = digits_test[0][:40]
+    a = per_sample_chunks(fn, mlp_digits, x, batch_size=16, k=3, seed=1)  # three chunks
+    b = fn(mlp_digits, x, batch_size=16, k=3, seed=1)
+    for f in fields(b):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        assert torch.equal(va, vb) if isinstance(vb, torch.Tensor) else va == vb, f.name
+
+
 def test_cli_result_equals_the_library_call(tmp_path, mlp_digits, digits_test):
     run("attack", "deepfool", "--limit", "150", "-o", "batch_size=64", "--out", tmp_path)
     got = AttackResult.load(tmp_path / "result_deepfool")
