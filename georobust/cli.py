@@ -416,9 +416,11 @@ def _check_fits(clf, x: torch.Tensor, s: Shared, num_classes: int | None) -> Non
             raise InputError(f"{where} do not fit: the model expects inputs of shape {want}, the data are {shape}; "
                              "pick a data set of that shape (georobust data list) or a model for this one "
                              "(georobust zoo list)")
+    par = next(iter(clf.parameters()), None)
+    probe = x[:2].to(par.dtype) if par is not None and par.is_floating_point() else x[:2]  # as prepare() converts
     with torch.inference_mode():
         try:
-            out = clf(x[:2])
+            out = clf(probe)
         except GeorobustError:
             raise
         except (RuntimeError, ValueError, TypeError) as e:

@@ -157,7 +157,8 @@ def workdir(tmp_path):
         "import torch\nfrom torch import nn\n\n"
         "def make():\n    torch.manual_seed(0)\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n\n"
         "def make_softmax():\n    torch.manual_seed(0)\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))\n")
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))\n\n"
+        "def make64():\n    torch.manual_seed(0)\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double()\n")
     g = torch.Generator().manual_seed(0)
     for split in ("train", "test"):
         for c, scale in (("dark", 80), ("bright", 255)):
@@ -181,6 +182,9 @@ def test_factory_model_from_the_current_folder_and_softmax_warning(workdir):
     p = run_in(workdir, "attack", "deepfool", "--model", "mymodels:make_softmax", "--limit", "20",
                "--logits", "log", script=True)
     assert "probabilities" not in p.stderr
+    # a float64 model takes the float32 data (converted before any work, as the library does)
+    p = run_in(workdir, "attack", "deepfool", "--model", "mymodels:make64", "--limit", "20", script=True)
+    assert "success_rate" in p.stdout
 
 
 def test_folder_of_grayscale_pngs_on_every_command(workdir):
