@@ -1005,7 +1005,8 @@ def evaluate(
     for a in names:
         e = registry.attacks.get(a)
         n_runs += 1 if e.kind != "bounded" else sum(1 for v in (eps_list or DEFAULT_EPS[nrm]) if v != 0)
-    files = ("evaluation.json", "robust_accuracy.png") + tuple(f"result_{a}.json" for a in names)
+    files = ("evaluation.json", "robust_accuracy.png") + tuple(
+        f for a in names for f in (f"result_{a}.json", f"result_{a}.safetensors", f"examples_{a}.png"))
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
     x, y = run.x, run.y
     n = x.shape[0]
