@@ -92,6 +92,7 @@ def test_library_refuses_options_for_attacks_not_run(mlp_digits, digits_test):
 
 
 # ---------------------------------------------------------------------------- 4. nothing lost by surprise
+@pytest.mark.slow  # several runs of the command (make test runs it)
 def test_train_refuses_to_replace_a_checkpoint_unless_asked(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "m.safetensors"
     base = ["train", "--arch", "mlp", "--epochs", "2", "--limit", "300", "--checkpoint-dir", ck]
@@ -110,6 +111,7 @@ def test_train_refuses_to_replace_a_checkpoint_unless_asked(tmp_path):
     assert epochs == [1, 2]  # one run's log, not two runs mixed (1, 2, 1, 2)
 
 
+@pytest.mark.slow  # several runs of the command (make test runs it)
 def test_resumed_training_reports_the_total_train_time(tmp_path):
     ck = tmp_path / "ck"
     base = ["train", "--arch", "mlp", "--limit", "300", "--checkpoint-dir", ck]
@@ -122,6 +124,7 @@ def test_resumed_training_reports_the_total_train_time(tmp_path):
     assert second["train_seconds"] >= per_epoch * (1 - 1e-9)
 
 
+@pytest.mark.slow  # several runs of the command (make test runs it)
 def test_universal_default_folder_per_run_and_no_silent_restart(tmp_path):
     args = ["universal", "--limit", "60", "--eval-limit", "30", "--max-passes", "1"]
     p = run_in(tmp_path, *args)
@@ -170,6 +173,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # several runs of the command (make test runs it)
 def test_factory_model_from_the_current_folder_and_softmax_warning(workdir):
     p = run_in(workdir, "attack", "deepfool", "--model", "mymodels:make", "--limit", "20", script=True)
     assert "success_rate" in p.stdout and "warning" not in p.stderr
@@ -187,6 +191,7 @@ def test_factory_model_from_the_current_folder_and_softmax_warning(workdir):
     assert "success_rate" in p.stdout
 
 
+@pytest.mark.slow  # several runs of the command (make test runs it)
 def test_folder_of_grayscale_pngs_on_every_command(workdir):
     run_in(workdir, "train", "--arch", "mlp", "--data", "folder", "--root", "imgs", "--epochs", "1",
            "--out", "f.safetensors")
