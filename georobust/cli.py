@@ -843,6 +843,10 @@ def run_attack(entry, clf, x, y, opts: dict[str, Any], *, seed: int = 0, reporte
         opts["seed"] = seed
     chunks = _chunks(entry, clf, x, y, opts)
     target = opts.pop("target", None)
+    if isinstance(target, (list, tuple)):  # per-sample targets (-o target=[...]): sliced with the chunks
+        target = torch.as_tensor(target, device=x.device)
+    if isinstance(target, torch.Tensor) and target.ndim > 0 and target.shape[0] != x.shape[0]:
+        raise OptionError(f"target has {target.shape[0]} labels for {x.shape[0]} samples; they must match")
 
     def tgt(sl):
         return target[sl] if isinstance(target, torch.Tensor) else target
