@@ -55,7 +55,7 @@ log = logging.getLogger("georobust.cli")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-_display_type = TyperOption.display_type_rich
+_display_type = getattr(TyperOption, "display_type_rich", None)
 
 
 def _flag_display_type(self, ctx):
@@ -64,7 +64,8 @@ def _flag_display_type(self, ctx):
     return None if self.is_flag and self.metavar is None else _display_type(self, ctx)
 
 
-TyperOption.display_type_rich = _flag_display_type
+if _display_type is not None:  # a typer without this hook shows flags its own way
+    TyperOption.display_type_rich = _flag_display_type
 
 DATA_NAMES = tuple(d.name for d in gdata.datasets())
 SPLITS = tuple(gdata.SPLITS)
