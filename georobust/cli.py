@@ -689,7 +689,7 @@ def _total_train_seconds(hist, this_run: float, resumed: bool) -> float:
 _CHUNK_BY_POSITION = {"deepfool", "fgsm", "sparsefool"}
 #: attacks whose batches are formed over the samples still to attack (correctly classified, untargeted),
 #: in order; PGD's random start comes from one generator drawn batch after batch
-_CHUNK_BY_TODO = {"pgd", "lbfgs"}
+_CHUNK_BY_REMAINING = {"pgd", "lbfgs"}
 _CLI_SET = ("eps", "norm", "target")
 
 
@@ -815,7 +815,7 @@ def _batch_size(entry, opts) -> int:
 def _chunks(entry, clf, x, y, opts) -> list[slice] | None:
     """Sample ranges that make a chunked run the same computation as one call, or ``None`` (not chunkable)."""
     n = x.shape[0]
-    if entry.name not in _CHUNK_BY_POSITION | _CHUNK_BY_TODO or "batch_size" not in entry.options():
+    if entry.name not in _CHUNK_BY_POSITION | _CHUNK_BY_REMAINING or "batch_size" not in entry.options():
         return None
     bs = _batch_size(entry, opts)
     if entry.name in _CHUNK_BY_POSITION:
