@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
+from safetensors.torch import load as safetensors_from_bytes
+from safetensors.torch import save as safetensors_to_bytes
 
 from .checks import check_norm
 from .errors import OutputError, ResultFileError
@@ -79,7 +80,7 @@ class _Saveable:
                 meta["fields"][f.name] = _jsonable(v)
         if hasattr(self, "summary"):
             meta["summary"] = _jsonable(self.summary())
-        data = safetensors.torch.save(tensors)
+        data = safetensors_to_bytes(tensors)
         meta["tensors_sha256"] = hashlib.sha256(data).hexdigest()
         meta = json.loads(json.dumps(meta))  # the form it is read back in, so the digest matches on load
         meta["json_sha256"] = _json_digest(meta)
@@ -134,7 +135,7 @@ class _Saveable:
                     f"{want[:12]}… recorded in the JSON — the file is truncated or damaged, or the two files come "
                     "from different results (copied separately, or a save was interrupted); save it again")
         try:
-            tensors = safetensors.torch.load(data)
+            tensors = safetensors_from_bytes(data)
         except Exception as e:  # safetensors raises its own error types
             raise ResultFileError(f"{tpath} is not a readable safetensors file (truncated or corrupt: "
                                   f"{type(e).__name__})") from None
