@@ -39,26 +39,24 @@ def _names():
     return ("digits", "fashion-mnist", "spheres", "folder")
 
 
-def _int(key: str, v: Any) -> int:
-    if isinstance(v, str):
-        try:
-            v = int(v.strip())
-        except ValueError:
-            raise OptionError(f"data option {key} must be an integer, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise OptionError(f"data option {key} must be an integer, got {v!r}")
-    return v
+def _typed(kind: type, what: str):
+    """A converter for a numeric data option: a string (``-D key=value``) is parsed, a bool is refused."""
+    accepted = (int,) if kind is int else (int, float)
+
+    def convert(key: str, v: Any):
+        if isinstance(v, str):
+            try:
+                v = kind(v.strip())
+            except ValueError:
+                raise OptionError(f"data option {key} must be {what}, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, accepted):
+            raise OptionError(f"data option {key} must be {what}, got {v!r}")
+        return kind(v)
+    return convert
 
 
-def _float(key: str, v: Any) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            raise OptionError(f"data option {key} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise OptionError(f"data option {key} must be a number, got {v!r}")
-    return float(v)
+_int = _typed(int, "an integer")
+_float = _typed(float, "a number")
 
 
 def _path(key: str, v: Any) -> Path:
