@@ -642,7 +642,7 @@ def train(
                    resume=resume, eval_data=(xt.to(dev), yt.to(dev)), robust_eps=robust_eps,
                    objective_options=opts, on_step=on_step, **kw)
     seconds = time.perf_counter() - t0
-    total_seconds = _total_train_seconds(hist, seconds, resume)
+    total_seconds = hist.train_seconds  # fit's count, across resumes
     command = "georobust " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     meta = {"arch": arch, "data": s.data, "seed": s.seed, "epochs": epochs, "objective": objective,
             "objective_options": opts, **({"init": init} if init else {}), "command": command,
@@ -667,20 +667,6 @@ def _checkpoint_files(d: Path) -> list[Path]:
     except ImportError:  # a fit without checkpoint manifests
         return [p for p in (d / "checkpoint.pt", d / "log.jsonl") if p.exists()]
     return list(checkpoint_files(d))
-
-
-def _total_train_seconds(hist, this_run: float, resumed: bool) -> float:
-    """The training time over every run of a resumed training: fit's cumulative count when it keeps one, else
-    (resumed) the sum of the per-epoch times of every epoch in the history, else this run's wall time."""
-    for name in ("train_seconds", "total_seconds"):
-        v = getattr(hist, name, None)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-            return float(v)
-    if resumed:
-        secs = [e.get("seconds") for e in hist.epochs]
-        if secs and all(isinstance(v, (int, float)) for v in secs):
-            return float(sum(secs))
-    return this_run
 
 
 # -------------------------------------------------------------------------------------------- attack
