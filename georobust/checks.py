@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -235,6 +236,15 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False, integer: 
     return value
 
 
+def check_candidates(candidates: Any) -> int:
+    """The number of classes a DeepFool-type step considers: an integer >= 2 (the predicted class and at
+    least one other)."""
+    check_positive(candidates, "candidates", integer=True)
+    if candidates < 2:
+        raise OptionError(f"candidates must be >= 2 (the predicted class and at least one other), got {candidates}")
+    return candidates
+
+
 def check_iterations(value: Any, name: str) -> int:
     """An iteration count of an attack: an integer >= 1 (the rule of the module docstring)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -242,11 +252,34 @@ def check_iterations(value: Any, name: str) -> int:
     return value
 
 
-def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False):
-    """The common preamble of an attack: validate model, inputs, labels and targets.
+@dataclass
+class Prepared:
+    """What :func:`prepare` hands an attack or a geometry tool: the validated classifier and inputs.
 
-    Returns ``(clf, x, y, target, num_classes, pred)`` where ``pred`` is the clean prediction and ``y``
-    defaults to it when ``None`` (the papers' convention for ρ_adv over a test set).
+    ``y`` is the given labels, or the clean prediction when none were given (the papers' convention for ρ_adv
+    over a test set); ``pred`` the clean prediction; ``target`` the target labels (targeted attacks) or
+    ``None``; ``num_classes`` the number of logits."""
+
+    clf: Classifier
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    num_classes: int
+    pred: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def __iter__(self):  # transitional: removed once every caller uses the fields
+        return iter((self.clf, self.x, self.y, self.target, self.num_classes, self.pred))
+
+
+def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False) -> Prepared:
+    """The common preamble of a public entry point: validate model, inputs, labels and targets, once.
+
+    Returns a :class:`Prepared`. Public functions call it once and pass the prepared pieces to trusting
+    internals (``deepfool`` → ``deepfool_batch``): nothing is validated or predicted twice.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module returning logits (N, K), got {type(model).__name__}")
@@ -270,7 +303,7 @@ def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_req
         pred = predict(clf, x)
     if y is None:
         y = pred.clone()
-    return clf, x, y, target, k, pred
+    return Prepared(clf, x, y, target, k, pred)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

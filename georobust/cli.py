@@ -717,7 +717,7 @@ def _attack_help(entry) -> str:
     first = " ".join((inspect.getdoc(entry.fn) or entry.summary).split("\n\n")[0].split()).replace("``", "")
     desc = {k: v.replace("``", "") for k, v in _doc_args(entry.fn).items()}
     lines = [first, "",
-             f"kind: {entry.kind}; norms: {', '.join(entry.norms)}; paper: {_paper(entry)}", "",
+             f"threat model: {entry.threat}; norms: {', '.join(entry.norms)}; paper: {_paper(entry)}", "",
              "Attack options (-o KEY=VALUE; eps, norm, target also as --eps, --norm, --target):", ""]
     for n, p in entry.options().items():
         default = "required" if p.default is inspect.Parameter.empty else f"default {p.default!r}"
@@ -756,15 +756,15 @@ def _attack_main(ctx: typer.Context,
         rows = [["attack", "kind", "norms", "paper", "what"]]
         for n in registry.attacks.names():
             e = registry.attacks.get(n)
-            rows.append([n, e.kind, ", ".join(e.norms), _paper(e),
-                         _what(e) + (" (run with georobust universal)" if e.kind == "universal" else "")])
+            rows.append([n, e.threat, ", ".join(e.norms), _paper(e),
+                         _what(e) + (" (run with georobust universal)" if e.threat == "universal" else "")])
         _print_table("attacks", rows)
         raise typer.Exit()
 
 
 def _attack_entry(name: str):
     entry = registry.attacks.get(name)
-    if entry.kind == "universal":
+    if entry.threat == "universal":
         raise OptionError(f"{name!r} computes one perturbation for a whole data set: run `georobust universal` "
                           "(checkpointed passes, fooling rates, figures)")
     return entry
@@ -864,7 +864,7 @@ def run_attack(entry, clf, x, y, opts: dict[str, Any], *, seed: int = 0, reporte
 def _query_budget(entry, opts) -> int | None:
     """The per-sample query budget of a decision-based attack (``None`` for the others)."""
     p = entry.options().get("max_queries")
-    if entry.kind != "black-box" or p is None:
+    if entry.threat != "decision" or p is None:
         return None
     b = opts.get("max_queries", p.default)
     return b if isinstance(b, int) and not isinstance(b, bool) and b > 0 else None
@@ -928,7 +928,7 @@ def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> 
 
 
 for _name in registry.attacks.names():
-    if registry.attacks.get(_name).kind != "universal":
+    if registry.attacks.get(_name).threat != "universal":
         _make_attack_command(_name)
 
 
@@ -985,8 +985,8 @@ def evaluate(
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
     for a in names:
         e = registry.attacks.get(a)
-        if e.kind not in ("minimal", "black-box", "bounded"):
-            raise OptionError(f"attack {a!r} ({e.kind}) is not a per-sample attack the suite can run; use its own "
+        if not e.threat_model.per_sample:
+            raise OptionError(f"attack {a!r} ({e.threat}) is not a per-sample attack the suite can run; use its own "
                               "command (e.g. georobust universal)")
         if nrm not in e.norms:
             raise OptionError(f"attack {a!r} does not support --norm {nrm} (it supports {', '.join(e.norms)})")
@@ -995,7 +995,7 @@ def evaluate(
     n_runs = 0
     for a in names:
         e = registry.attacks.get(a)
-        n_runs += 1 if e.kind != "bounded" else sum(1 for v in (eps_list or DEFAULT_EPS[nrm]) if v != 0)
+        n_runs += 1 if e.threat_model.curve else sum(1 for v in (eps_list or DEFAULT_EPS[nrm]) if v != 0)
     files = ("evaluation.json", "robust_accuracy.png") + tuple(
         f for a in names for f in (f"result_{a}.json", f"result_{a}.safetensors", f"examples_{a}.png"))
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
@@ -1008,7 +1008,7 @@ def evaluate(
             # called before each run (and before the skipped ε = 0 of a bounded attack): the previous one is done
             if state["running"]:
                 state["done"] += 1
-            bounded = registry.attacks.get(name).kind == "bounded"
+            bounded = not registry.attacks.get(name).threat_model.curve
             state["running"] = not (bounded and eps_sorted[j] == 0)
             rep.update(min(state["done"], n_runs) * n, description=f"{name} ({j + 1}/{total})")
         ev, results = run_eval(run.clf, x, y, attacks=names, eps=eps_list, norm=nrm, model_name=s.model,

@@ -3,7 +3,7 @@
 
 Both files are written atomically (temporary file + rename, :mod:`georobust.storage`), the ``.safetensors``
 first and the JSON last. The JSON records the sha256 of the ``.safetensors`` bytes (``tensors_sha256``) and of
-its own content (``json_sha256``); :meth:`_Saveable.load` verifies both, so a truncated or damaged file, a
+its own content (``json_sha256``); :meth:`Saveable.load` verifies both, so a truncated or damaged file, a
 missing half, or two files of different results (one run's JSON beside another's tensors, or a pair torn by a
 kill between the two renames) is a :class:`~georobust.errors.ResultFileError` naming the file, never a
 silently wrong result. Files saved before these checksums existed (no ``tensors_sha256``) still load, with a
@@ -25,6 +25,8 @@ from safetensors.torch import load as safetensors_from_bytes
 from safetensors.torch import save as safetensors_to_bytes
 
 from .checks import check_norm
+from .core.tasks import task as get_task
+from .core.threat import threat_model
 from .errors import OutputError, ResultFileError
 from .storage import atomic_write_bytes, atomic_write_text
 
@@ -35,7 +37,7 @@ _TENSOR = "tensor"
 RESULT_FORMAT = 2
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def result_paths(path: str | Path) -> tuple[Path, Path]:
     """``(<path>.json, <path>.safetensors)``; a ``.json``/``.safetensors`` suffix on ``path`` is dropped first.
     Any other dot in the name is kept (``eps0.1`` → ``eps0.1.json``, not ``eps0.json``)."""
     p = Path(path)
@@ -61,7 +63,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class _Saveable:
+class Saveable:
     """save/load for dataclasses whose tensor fields go to safetensors and the rest to JSON (see the module
     docstring for the checksums that tie the two files together)."""
 
@@ -69,7 +71,7 @@ class _Saveable:
         """Write ``<path>.safetensors`` then ``<path>.json``, each atomically; return the JSON's path.
 
         Raises :class:`~georobust.errors.OutputError` when the files cannot be written."""
-        jpath, tpath = _paths(path)
+        jpath, tpath = result_paths(path)
         tensors, meta = {}, {"type": type(self).__name__, "format": RESULT_FORMAT, "fields": {}}
         for f in fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
@@ -98,7 +100,7 @@ class _Saveable:
 
         Raises :class:`~georobust.errors.ResultFileError` (naming the file) when a file is missing, truncated
         or corrupt, holds another type, or the two files do not belong together."""
-        jpath, tpath = _paths(path)
+        jpath, tpath = result_paths(path)
         name = cls.__name__
         if not jpath.exists() and not tpath.exists():
             raise ResultFileError(f"no saved {name} at {path}: neither {jpath} nor {tpath} exists")
@@ -158,7 +160,7 @@ class _Saveable:
 
 
 @dataclass
-class AttackResult(_Saveable):
+class AttackResult(Saveable):
     """What an attack returns.
 
     ``success`` is *verified*: it is recomputed by running the model on ``x_adv`` (``label_adv``), never
@@ -180,11 +182,17 @@ class AttackResult(_Saveable):
     target: torch.Tensor | None = None
     elapsed: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
-    minimal: bool = False  # minimal-perturbation attack: its norms give a whole robustness curve
+    minimal: bool = False  # one run gives the whole robustness curve (its threat model's ``curve``)
     # black-box attacks: (N, C) best L2 norm within params["checkpoints"][c] queries (inf: none found yet)
     history: torch.Tensor | None = None
     # problems found with the model or the inputs (e.g. it returns probabilities, not logits); never silent
     warnings: list[str] = field(default_factory=list)
+    #: the threat model (georobust.core.threat) the perturbations are measured in: robust accuracy is read by it
+    threat: str = ""
+    #: the task (georobust.core.tasks) success was judged by
+    task: str = "classification"
+    #: per-sample size of the perturbation for threat models whose size is not an Lp norm (spatial, patch)
+    size: torch.Tensor | None = None
 
     # ---- derived quantities -------------------------------------------------------------------------
     @property
@@ -232,19 +240,22 @@ class AttackResult(_Saveable):
     def success_rate(self) -> float:
         return float(self.success.double().mean())
 
-    def robust_accuracy(self, eps_list, norm: Any = 2) -> list[float]:
-        """Fraction of samples that are correctly classified and not fooled within ``eps`` in ``norm``.
+    @property
+    def threat_model(self):
+        """The :class:`~georobust.core.threat.ThreatModel` of this result (results saved before threat models
+        existed: minimal-Lp when ``minimal``, else bounded-Lp)."""
+        return threat_model(self.threat or ("minimal-lp" if self.minimal else "bounded-lp"))
 
-        For a minimal-perturbation attack one run gives the whole curve. A failed sample counts as
-        robust at every eps, so the curve is an upper bound on the true robust accuracy.
+    def robust_accuracy(self, eps_list, norm: Any = 2) -> list[float]:
+        """Fraction of samples that are correctly classified and not fooled within each budget of ``eps_list``,
+        read by the result's threat model (:meth:`ThreatModel.robust <georobust.core.threat.ThreatModel.robust>`).
+
+        For a minimal-perturbation or decision-based attack one run gives the whole curve (sizes in ``norm``).
+        A failed sample counts as robust at every budget, so the curve is an upper bound on the true robust
+        accuracy.
         """
-        nrm = self.norms(norm)
-        correct = self.label_clean == self.y
-        out = []
-        for eps in eps_list:
-            fooled = self.success & (nrm <= float(eps) + 1e-7) | ~correct
-            out.append(float((~fooled).double().mean()))
-        return out
+        robust = self.threat_model.robust(self, list(eps_list), check_norm(norm, ("0", "1", "2", "inf")))
+        return robust.double().mean(0).tolist()
 
     def summary(self) -> dict[str, Any]:
         s = self.success
@@ -338,7 +349,7 @@ def _concat_params(params: list[dict], sizes: list[int]) -> dict:
 
 
 @dataclass
-class UniversalResult(_Saveable):
+class UniversalResult(Saveable):
     """A universal perturbation ``v`` (shape of one input) and its history, pass by pass
     (:func:`georobust.attacks.universal.universal_perturbation`; it doubles as the checkpoint).
 
@@ -373,7 +384,7 @@ class UniversalResult(_Saveable):
 
     @staticmethod
     def exists(path: str | Path) -> bool:
-        jpath, tpath = _paths(path)
+        jpath, tpath = result_paths(path)
         return jpath.exists() and tpath.exists()
 
     def record_pass(self, *, fooling_train: float, fooling_eval: float | None, attempts: int, updates: int,
@@ -438,32 +449,40 @@ class UniversalResult(_Saveable):
 
 
 def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
-           batch_size: int = 1024):
-    """Re-run ``model`` on ``x_adv``; return ``(label_adv, success)``."""
-    from .checks import predict
+           batch_size: int = 1024, task: str = "classification"):
+    """Re-run ``model`` on ``x_adv``; return ``(prediction, success)`` judged by ``task``."""
+    tk = get_task(task)
+    if tk.name == "classification":
+        from .checks import predict
 
-    label_adv = predict(model, x_adv.detach(), batch_size)
-    success = label_adv == target if target is not None else label_adv != y
-    return label_adv, success
+        label_adv = predict(model, x_adv.detach(), batch_size)
+    else:
+        with torch.inference_mode():
+            label_adv = tk.predict(model(x_adv.detach()))
+    return label_adv, tk.success(label_adv, y, target)
 
 
 def make_result(attack: str, clf, x, x_adv, y, pred, *, target=None, iterations=None, queries=None,
-                elapsed=0.0, params=None, minimal=False) -> AttackResult:
+                elapsed=0.0, params=None, minimal=None, threat: str = "", task: str = "classification",
+                size=None) -> AttackResult:
     """Build a verified :class:`AttackResult`: clamp to the bounds, re-run the model, set success.
 
     Samples the model already misclassifies (untargeted, labels given) are reported with a zero
-    perturbation and success, whatever the attack did with them.
+    perturbation and success, whatever the attack did with them. ``minimal`` defaults to whether the
+    threat model reads a whole robustness curve from one run.
     """
     lo, hi = clf.bounds
     x_adv = x_adv.detach().clamp(lo, hi)
-    if target is None:
+    if target is None and task == "classification":
         wrong = pred != y
         if wrong.any():
             x_adv = torch.where(wrong.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
-    label_adv, success = verify(clf, x_adv, y, target)
+    label_adv, success = verify(clf, x_adv, y, target, task=task)
+    if minimal is None:
+        minimal = bool(threat) and threat_model(threat).curve
     return AttackResult(
         attack=attack, x=x.detach(), x_adv=x_adv, y=y, label_clean=pred, label_adv=label_adv,
         success=success, iterations=iterations, queries=queries, target=target,
-        elapsed=float(elapsed), params=dict(params or {}), minimal=minimal,
-        warnings=list(getattr(clf, "output_warnings", None) or []),
+        elapsed=float(elapsed), params=dict(params or {}), minimal=bool(minimal),
+        warnings=list(getattr(clf, "output_warnings", None) or []), threat=threat, task=task, size=size,
     )

@@ -297,7 +297,7 @@ def test_per_attack_help_list_and_version():
     for name in registry.attacks.names():
         e = registry.attacks.get(name)
         row = next(line for line in lst.splitlines() if f" {name} " in line)
-        assert e.kind in row and ", ".join(e.norms) in row
+        assert e.threat in row and ", ".join(e.norms) in row
     assert "Goodfellow et al., ICLR 2015" in lst and "Madry et al., ICLR 2018" in lst
     assert run("--version").stdout.strip().startswith(f"georobust {gr.__version__}")
 

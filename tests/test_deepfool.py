@@ -30,7 +30,7 @@ def affine_distances(clf, x, q: float):
 
 def test_registered():
     e = registry.attacks.get("deepfool")
-    assert e.kind == "minimal" and e.norms == ("2", "inf") and e.fn is deepfool
+    assert e.threat == "minimal-lp" and e.norms == ("2", "inf") and e.fn is deepfool
 
 
 @pytest.mark.parametrize("overshoot", [0.0, 0.02])

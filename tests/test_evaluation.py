@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -60,7 +61,7 @@ def test_black_box_attack_runs_once_and_its_norms_give_the_curve(mlp_digits, dig
 
     eps = [0.0, 0.5, 1.0, 2.0]
     orig = registry.attacks._entries["qfool"]
-    registry.attacks._entries["qfool"] = type(orig)(orig.name, counting, orig.kind, orig.norms, orig.summary)
+    registry.attacks._entries["qfool"] = dataclasses.replace(orig, fn=counting)
     try:
         ev, results = evaluate(mlp_digits, x, y, attacks=["qfool"], eps=eps, norm=2,
                                options={"qfool": {"max_queries": 300}})

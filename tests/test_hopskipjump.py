@@ -41,5 +41,5 @@ def test_adversarial_in_bounds_and_registered(mlp_digits, digits_test):
     assert torch.equal(res.label_adv, mlp_digits(res.x_adv).argmax(1))
     for name in ("qfool", "hopskipjump"):
         e = registry.attacks.get(name)
-        assert e.kind == "black-box" and e.norms == ("2",)
-    assert registry.attacks.get("sparsefool").kind == "minimal"
+        assert e.threat == "decision" and e.norms == ("2",)
+    assert registry.attacks.get("sparsefool").threat == "minimal-lp"

@@ -36,7 +36,7 @@ def _minimal_l2(clf, x):
 
 def test_registered():
     e = registry.attacks.get("lbfgs")
-    assert e.kind == "minimal" and e.norms == ("2",)
+    assert e.threat == "minimal-lp" and e.norms == ("2",)
 
 
 def test_binary_affine_is_exact(affine_data):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 
 from georobust import registry
-from georobust.attacks._common import project
+from georobust.core.ops import project
 from georobust.attacks.pgd import pgd
 from georobust.checks import predict
 from georobust.errors import OptionError
@@ -38,7 +38,7 @@ def _ce_grad(clf, x, y):
 
 def test_registered():
     e = registry.attacks.get("pgd")
-    assert e.kind == "bounded" and e.norms == ("inf", "2")
+    assert e.threat == "bounded-lp" and e.norms == ("inf", "2")
 
 
 @pytest.mark.parametrize("norm", ["inf", "2"])

@@ -15,8 +15,8 @@ import torch
 from conftest import make_affine
 
 from georobust import Classifier
-from georobust.attacks._dct import dct_1d, dct_2d, idct_1d, idct_2d, low_frequency_noise
-from georobust.attacks._oracle import LabelOracle, QueryBudgetExceeded, decision_setup
+from georobust.core.dct import dct_1d, dct_2d, idct_1d, idct_2d, low_frequency_noise
+from georobust.core.oracle import LabelOracle, QueryBudgetExceeded, decision_setup
 from georobust.attacks.qfool import estimate_normal, qfool
 from georobust.errors import OptionError
 

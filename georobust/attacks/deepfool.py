@@ -33,17 +33,15 @@ indices), so DeepFool restricted to a subspace reuses the same loop.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .. import registry
-from ..checks import check_norm, check_positive, prepare
+from ..checks import check_candidates, check_norm, check_positive, prepare
+from ..core.ops import bcast
+from ..core.protocol import Run, attack
 from ..errors import OptionError
-from ..results import AttackResult, make_result
-from ._common import bcast
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +191,9 @@ def deepfool_batch(model, x: torch.Tensor, *, norm: str = "2", overshoot: float 
                           boundary_class=bclass, converged=label != orig, iterations=iters, classes=classes)
 
 
-@registry.attacks.register("deepfool", kind="minimal", norms=("2", "inf"))
+@attack("deepfool", threat="minimal-lp", norms=("2", "inf"), chunking="position")
 def deepfool(model, x, y=None, *, norm=2, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
-             clip: bool = True, batch_size: int = 1024) -> AttackResult:
+             clip: bool = True, batch_size: int = 1024) -> Run:
     """DeepFool (Moosavi-Dezfooli et al., CVPR 2016): the minimal perturbation, L2 or L∞, multi-class.
 
     Args:
@@ -219,25 +217,17 @@ def deepfool(model, x, y=None, *, norm=2, overshoot: float = 0.02, max_iter: int
     norm = check_norm(norm)
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_positive(max_iter, "max_iter", integer=True)
-    check_positive(candidates, "candidates", integer=True)
+    check_candidates(candidates)
     check_positive(batch_size, "batch_size", integer=True)
-    if candidates < 2:
-        raise OptionError(f"candidates must be >= 2 (the predicted class and at least one other), got {candidates}")
     if not isinstance(clip, bool):
         raise OptionError(f"clip must be True or False, got {clip!r}")
-    clf, x, y, _, k, pred = prepare(model, x, y)
-    t0 = time.perf_counter()
-    x_adv = torch.empty_like(x)
-    iters = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    for i in range(0, x.shape[0], batch_size):
+    p = prepare(model, x, y)
+    x_adv = torch.empty_like(p.x)
+    iters = torch.zeros(p.n, dtype=torch.long, device=p.x.device)
+    for i in range(0, p.n, batch_size):
         sl = slice(i, i + batch_size)
-        out = deepfool_batch(clf, x[sl], norm=norm, overshoot=float(overshoot), max_iter=max_iter,
-                             candidates=candidates, clip=clip, active=pred[sl] == y[sl])
+        out = deepfool_batch(p.clf, p.x[sl], norm=norm, overshoot=float(overshoot), max_iter=max_iter,
+                             candidates=candidates, clip=clip, active=p.pred[sl] == p.y[sl])
         x_adv[sl] = out.x_adv
         iters[sl] = out.iterations
-    params = {"norm": norm, "overshoot": overshoot, "max_iter": max_iter, "candidates": min(candidates, k),
-              "clip": clip}
-    res = make_result("deepfool", clf, x, x_adv, y, pred, iterations=iters, elapsed=time.perf_counter() - t0,
-                      params=params, minimal=True)
-    log.info("deepfool: %s", res)
-    return res
+    return Run(p, x_adv, iterations=iters, params={"norm": norm, "candidates": min(candidates, p.num_classes)})

@@ -22,12 +22,13 @@ import torch
 from .. import registry
 from ..checks import check_iterations, check_norm, check_positive, prepare
 from ..results import AttackResult, make_result
-from ._common import bcast, loss_grad, steepest_direction
+from ..core.losses import loss_grad
+from ..core.ops import bcast, steepest_direction
 
 log = logging.getLogger(__name__)
 
 
-@registry.attacks.register("fgsm", kind="bounded", norms=("inf", "2"), minimal_mode=True)
+@registry.attacks.register("fgsm", threat="bounded-lp", norms=("inf", "2"), chunking="position", minimal_mode=True)
 def fgsm(model, x, y=None, *, eps: float | None = None, norm="inf", target=None, loss: str = "ce",
          eps_max: float | None = None, grid: int = 24, search_steps: int = 12,
          batch_size: int = 512) -> AttackResult:

@@ -10,7 +10,7 @@ From a boundary point ``x_t`` (start: a uniform random image of another class, b
 3. **Boundary search**: bisection on the segment from ``x`` to that point, to precision ``θ = γ/d^{3/2}``
    (the authors' code, ``γ = 1``).
 
-All queries go through the counting :class:`~georobust.attacks._oracle.LabelOracle`; the attack stops
+All queries go through the counting :class:`~georobust.core.oracle.LabelOracle`; the attack stops
 when the per-sample budget is spent. ``result.history`` records the best norm after each checkpoint.
 """
 
@@ -23,12 +23,12 @@ import torch
 from .. import registry
 from ..checks import check_positive
 from ..results import AttackResult
-from ._common import bcast
-from ._oracle import DecisionProblem
-from .qfool import estimate_normal, record, run_decision_attack
+from ..core.decision import Start, estimate_normal, record, run_decision_attack
+from ..core.ops import bcast
+from ..core.oracle import DecisionProblem
 
 
-@registry.attacks.register("hopskipjump", kind="black-box", norms=("2",))
+@registry.attacks.register("hopskipjump", threat="decision", norms=("2",))
 def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_init: torch.Tensor | None = None,
                 init_evals: int = 100, max_evals: int = 10_000, gamma: float = 1.0, init_tries: int = 100,
                 eps: float | None = None, norm=2, checkpoints=None, seed: int = 0, bounds=None,
@@ -100,8 +100,8 @@ def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_i
             record(state["history"], state["cps"], idx, prob.oracle.queries[idx], best[idx])
             t += 1
 
-    params = {"init_evals": init_evals, "max_evals": max_evals, "gamma": gamma, "seed": seed,
-              "_gen": gen, "_init_scales": (), "_init_tries": init_tries, "_init_tol": theta}
+    params = {"init_evals": init_evals, "max_evals": max_evals, "gamma": gamma, "seed": seed}
+    start = Start(gen, scales=(), tries=init_tries, tol=theta)
     return run_decision_attack("hopskipjump", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
-                               params=params, body=body)
+                               params=params, start=start, body=body)

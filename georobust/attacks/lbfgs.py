@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 from .. import registry
 from ..checks import check_norm, check_positive, prepare
 from ..results import AttackResult, make_result
-from ._common import bcast
+from ..core.ops import bcast
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _solve(clf, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, c
     return z, int(res.nfev)
 
 
-@registry.attacks.register("lbfgs", kind="minimal", norms=("2",))
+@registry.attacks.register("lbfgs", threat="minimal-lp", norms=("2",), chunking="remaining")
 def lbfgs(model, x, y=None, *, norm="2", target=None, c_init: float = 1.0, search_steps: int = 10,
           max_iter: int = 25, memory: int = 10, warm_start: bool = True,
           batch_size: int = 256) -> AttackResult:

@@ -1,7 +1,7 @@
 """QFool: a geometry-inspired decision-based attack (Liu, Moosavi-Dezfooli & Frossard, "A geometry-inspired
 decision-based attack", ICCV 2019), and the pooled variant georobust shipped before.
 
-The attack only sees labels, through a counting :class:`~georobust.attacks._oracle.LabelOracle`. It rests
+The attack only sees labels, through a counting :class:`~georobust.core.oracle.LabelOracle`. It rests
 on the observation that the decision boundary of deep networks is nearly *flat* around data points, so
 the normal of the boundary can be estimated from label queries at a boundary point and used to jump to a
 closer boundary point.
@@ -59,182 +59,11 @@ from .. import registry
 from ..checks import check_norm, check_positive
 from ..errors import InputError, OptionError
 from ..results import AttackResult, make_result
-from ._common import bcast
-from ._dct import low_frequency_noise
-from ._oracle import DecisionProblem, decision_setup
+from ..core.decision import Start, draw_probes, estimate_normal, line_search, record, run_decision_attack
+from ..core.ops import bcast
+from ..core.oracle import DecisionProblem
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHECKPOINTS = (100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
-
-
-def checkpoints_for(max_queries: int, checkpoints=None) -> list[int]:
-    """Sorted query counts at which the norm history is recorded (always including ``max_queries``)."""
-    cps = DEFAULT_CHECKPOINTS if checkpoints is None else checkpoints
-    out = sorted({int(c) for c in cps if 0 < int(c) <= max_queries} | {int(max_queries)})
-    return out
-
-
-def record(history: torch.Tensor, cps: torch.Tensor, idx: torch.Tensor, queries: torch.Tensor,
-           best: torch.Tensor) -> None:
-    """Write the current best norm of samples ``idx`` into every checkpoint not yet passed."""
-    upd = queries[:, None] <= cps[None, :]
-    history[idx] = torch.where(upd, best[:, None].to(history.dtype), history[idx])
-
-
-def draw_probes(n: int, shape: tuple[int, ...], subspace: int | None, generator, device, dtype) -> torch.Tensor:
-    """Unit-norm random directions ``(n, *shape)``: isotropic Gaussian, or of the low-frequency DCT subspace."""
-    if subspace is None:
-        u = torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
-    else:
-        u = low_frequency_noise(n, shape, subspace, generator=generator, device=device, dtype=dtype)
-    return u / bcast(u.flatten(1).norm(dim=1).clamp_min(1e-12), u)
-
-
-def estimate_normal(prob: DecisionProblem, xb: torch.Tensor, idx: torch.Tensor, n_probe: torch.Tensor,
-                    radius: torch.Tensor, *, subspace: int | None, generator, chunk: int = 8192,
-                    baseline: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sign-based normal estimate at the boundary points ``xb`` (samples ``idx``).
-
-    Sample ``j`` spends ``n_probe[j]`` queries on ``clip(xb_j + radius_j·u)`` with random unit ``u``;
-    returns ``(Σ_i s_i u_i, fraction adversarial, number of probes)`` where ``u_i`` is the probe's actual
-    (clipped) displacement divided by ``radius`` and ``s_i = z_i − z̄`` (``z_i = ±1``; no baseline when all
-    answers agree, as in HopSkipJump). Probes are drawn and queried in chunks of about ``chunk`` inputs.
-    """
-    m = idx.shape[0]
-    shape = tuple(xb.shape[1:])
-    sum_zu = torch.zeros_like(xb)
-    sum_u = torch.zeros_like(xb)
-    sum_z = torch.zeros(m, device=xb.device, dtype=xb.dtype)
-    per = max(1, chunk // max(m, 1))
-    n_max = int(n_probe.max()) if m else 0
-    for start in range(0, n_max, per):
-        k = min(per, n_max - start)
-        valid = (start + torch.arange(k, device=xb.device))[None, :] < n_probe[:, None]  # (m, k)
-        rows, cols = valid.nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            break
-        u = draw_probes(rows.numel(), shape, subspace, generator, xb.device, xb.dtype)
-        r = bcast(radius[rows], u)
-        pts = prob.clip(xb[rows] + r * u)
-        u_eff = (pts - xb[rows]) / r
-        z = prob.adversarial(pts, idx[rows]).to(xb.dtype) * 2 - 1
-        sum_zu.index_add_(0, rows, bcast(z, u_eff) * u_eff)
-        sum_u.index_add_(0, rows, u_eff)
-        sum_z.index_add_(0, rows, z)
-    cnt = n_probe.to(xb.dtype).clamp_min(1)
-    zbar = sum_z / cnt
-    if baseline:
-        mixed = zbar.abs() < 1
-        g = sum_zu - bcast(torch.where(mixed, zbar, torch.zeros_like(zbar)), sum_u) * sum_u
-    else:
-        g = sum_zu
-    return g, (zbar + 1) / 2, n_probe
-
-
-def line_search(prob: DecisionProblem, v: torch.Tensor, idx: torch.Tensor, r_start: torch.Tensor, *,
-                tol: float, expand: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest ``r`` with ``clip(x + r·v)`` adversarial along unit directions ``v`` (samples ``idx``).
-
-    Queries ``r_start``; where not adversarial, grows ``r`` by 2× up to ``expand`` times; then bisection on
-    ``[0, r]`` to relative precision ``tol``. Returns ``(point, found, label)``; ``point`` is adversarial
-    (with that label) where found.
-    """
-    x0 = prob.x[idx]
-    lo_b, hi_b = prob.bounds
-
-    def point(t, sel):
-        return (x0[sel] + bcast(t, v) * v[sel]).clamp(lo_b, hi_b)
-
-    r = r_start.clone()
-    lo = torch.zeros_like(r)
-    found = torch.zeros(idx.shape[0], dtype=torch.bool, device=v.device)
-    lab = torch.full_like(idx, -1)
-    for k in range(expand + 1):
-        sel = (~found & (prob.remaining(idx) > 0)).nonzero().squeeze(1)
-        if sel.numel() == 0:
-            break
-        got = prob.oracle(point(r[sel], sel), idx[sel])
-        adv = prob.criterion(got, idx[sel])
-        found[sel[adv]] = True
-        lab[sel[adv]] = got[adv]
-        no = sel[~adv]
-        lo[no] = r[no]
-        if k < expand:
-            r[no] = r[no] * 2
-    sel = found.nonzero().squeeze(1)
-    out = x0.clone()
-    if sel.numel():
-        _, hi, lab_s = prob.bisect(lambda t, s: point(t, sel[s]), lo[sel], r[sel], idx[sel], tol=tol,
-                                   relative=True, labels=lab[sel])
-        out[sel] = point(hi, sel)
-        lab[sel] = lab_s
-    return out, found, lab
-
-
-def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps, norm, bounds, batch_size,
-                        checkpoints, x_init, params: dict, body) -> AttackResult:
-    """Shared frame of QFool and HopSkipJump: validation, the oracle, the first adversarial point, the
-    norm history, the eps mode and the verified result. ``body(prob, idx, xb, labels, state)`` runs the
-    attack proper from the boundary points ``xb`` (adversarial side, with those labels) of the samples
-    ``idx``; it updates ``state["best_x"]``, ``state["best"]`` and the history."""
-    check_norm(norm, ("2",))
-    check_positive(max_queries, "max_queries", integer=True)
-    if eps is not None:
-        check_positive(eps, "eps", allow_zero=True)
-    prob, verifier, pred = decision_setup(model, x, y, target, bounds=bounds, batch_size=batch_size,
-                                          budget=max_queries)
-    x = prob.x
-    n = x.shape[0]
-    dev = x.device
-    t0 = time.perf_counter()
-    cps_list = checkpoints_for(max_queries, checkpoints)
-    cps = torch.tensor(cps_list, device=dev)
-    history = torch.full((n, len(cps_list)), math.inf, device=dev, dtype=torch.float64)
-    goal_met = prob.criterion(pred, torch.arange(n, device=dev))
-    if target is None:
-        goal_met |= pred != prob.y  # already misclassified: zero perturbation (make_result's convention)
-    history[goal_met] = 0.0
-    active = (~goal_met).nonzero().squeeze(1)
-    state = {"best_x": x.clone(), "best": torch.full((n,), math.inf, device=dev, dtype=x.dtype),
-             "history": history, "cps": cps, "eps": eps}
-    state["best"][goal_met] = 0.0
-
-    if active.numel():
-        if x_init is not None:
-            if not isinstance(x_init, torch.Tensor) or x_init.shape != x.shape:
-                raise InputError(f"x_init must be a tensor of the shape of x {tuple(x.shape)}")
-            start = prob.clip(x_init.to(dev, x.dtype))[active]
-            lab0 = prob.oracle(start, active)
-            found = prob.criterion(lab0, active)
-            if not bool(found.all()):
-                log.warning("%s: %d starting point(s) of x_init do not meet the goal; those samples fail",
-                            name, int((~found).sum()))
-        else:
-            start, found, lab0 = prob.noise_init(active, generator=params["_gen"], scales=params["_init_scales"],
-                                                 tries=params["_init_tries"])
-        active, start, lab0 = active[found], start[found], lab0[found]
-        if active.numel():
-            xb, lab0 = prob.bisect_segment(start, active, tol=params["_init_tol"], labels=lab0)
-            state["best_x"][active] = xb
-            state["best"][active] = (xb - x[active]).flatten(1).norm(dim=1)
-            record(history, cps, active, prob.oracle.queries[active], state["best"][active])
-            body(prob, active, xb, lab0, state)
-
-    best_x = state["best_x"]
-    if eps is not None:  # bounded mode: a sample counts only if its perturbation fits the budget
-        over = state["best"] > eps + 1e-7
-        best_x = torch.where(bcast(over, best_x), x, best_x)
-    for k in [k for k in params if k.startswith("_")]:
-        params.pop(k)
-    params.update(max_queries=max_queries, eps=eps, checkpoints=cps_list, targeted=target is not None)
-    res = make_result(name, verifier, x, best_x, prob.y, pred, target=prob.target,
-                      queries=prob.oracle.queries.clone(), elapsed=time.perf_counter() - t0, params=params,
-                      minimal=eps is None)
-    res.history = history
-    log.info("%s: %s", name, res)
-    return res
-
 
 VARIANTS = ("paper", "pooled")
 
@@ -331,7 +160,7 @@ def _pooled_body(*, probes, omega, tol, subspace, gen, reserve):
     return body
 
 
-@registry.attacks.register("qfool", kind="black-box", norms=("2",))
+@registry.attacks.register("qfool", threat="decision", norms=("2",))
 def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None = None, target=None,
           x_init: torch.Tensor | None = None, variant: str = "paper", probes: int = 100, omega: float = 0.02,
           epsilon: float = 0.7, tol: float = 1e-3, eps: float | None = None, norm=2, checkpoints=None,
@@ -377,10 +206,10 @@ def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None =
         body = _pooled_body(probes=probes, omega=omega, tol=tol, subspace=subspace, gen=gen, reserve=reserve)
 
     params = {"variant": variant, "subspace": subspace, "probes": probes, "omega": omega, "tol": tol,
-              "seed": seed, "_gen": gen, "_init_scales": tuple(0.01 * 1.6 ** k for k in range(12)),
-              "_init_tries": 50, "_init_tol": tol}
+              "seed": seed}
+    start = Start(gen, scales=tuple(0.01 * 1.6 ** k for k in range(12)), tries=50, tol=tol)
     if variant == "paper":
         params["epsilon"] = epsilon
     return run_decision_attack("qfool", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
-                               params=params, body=body)
+                               params=params, start=start, body=body)

@@ -32,7 +32,7 @@ from .. import registry
 from ..checks import check_norm, check_positive, prepare
 from ..errors import InputError, OptionError
 from ..results import AttackResult, make_result
-from ._common import bcast
+from ..core.ops import bcast
 from .deepfool import deepfool_batch
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _normal(model, xq: torch.Tensor, k: torch.Tensor, y: torch.Tensor) -> torch.
     return g / bcast(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
 
 
-@registry.attacks.register("sparsefool", kind="minimal", norms=("1", "0"))
+@registry.attacks.register("sparsefool", threat="minimal-lp", norms=("1", "0"), chunking="position")
 def sparsefool(model, x, y=None, *, lambda_: float = 3.0, epsilon: float = 0.02, max_iter: int = 20,
                delta: float | None = None, overshoot: float = 0.02, deepfool_iter: int = 50,
                candidates: int = 10, norm="1", batch_size: int = 1024) -> AttackResult:

@@ -51,9 +51,9 @@ import torch
 from .. import registry
 from ..checks import check_norm, check_positive, predict, prepare
 from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
-from ..results import UniversalResult, _paths, _Saveable
+from ..results import UniversalResult, result_paths, Saveable
 from ..storage import ensure_writable
-from ._common import flat_norm, project, steepest_direction
+from ..core.ops import flat_norm, project, steepest_direction
 from .deepfool import deepfool_batch
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def project_ball(v: torch.Tensor, xi: float, norm: str) -> torch.Tensor:
 
     p = 2 rescales ``v`` to norm ``ξ`` when it is longer (and leaves it alone otherwise); p = ∞ clips every
     coordinate into ``[−ξ, ξ]``. Both are the exact Euclidean projections onto their balls (PGD's
-    :func:`~georobust.attacks._common.project`, for a single vector).
+    :func:`~georobust.core.ops.project`, for a single vector).
     """
     return project(v[None], xi, norm)[0]
 
@@ -172,7 +172,7 @@ def _load_checkpoint(path) -> UniversalResult | None:
 
     Raises :class:`~georobust.errors.CheckpointError` naming the file when one of the two files is missing,
     either is truncated or damaged, or they do not belong together — never restarting silently."""
-    jpath, tpath = _paths(path)
+    jpath, tpath = result_paths(path)
     present = [q for q in (jpath, tpath) if q.exists()]
     if not present:
         return None
@@ -192,7 +192,7 @@ def _load_checkpoint(path) -> UniversalResult | None:
     return res
 
 
-@registry.attacks.register("universal", kind="universal", norms=("2", "inf"))
+@registry.attacks.register("universal", threat="universal", norms=("2", "inf"))
 def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", delta: float = 0.2,
                            max_passes: int = 10, x_eval=None, mode: str = "sequential", chunk: int = 256,
                            step_norm="2", overshoot: float = 0.02, max_iter: int = 10, candidates: int = 10,
@@ -261,7 +261,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
                           "overwrite discards it; pass one of them")
     saved: UniversalResult | None = None
     if checkpoint is not None:
-        jck, tck = _paths(checkpoint)
+        jck, tck = result_paths(checkpoint)
         ensure_writable(jck, what="universal checkpoint")
         ensure_writable(tck, what="universal checkpoint")
         if resume:
@@ -297,7 +297,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
     elif resume:
         log.info("universal: no checkpoint at %s yet; starting from pass 1", checkpoint)
     elif overwrite and checkpoint is not None:
-        for q in _paths(checkpoint):
+        for q in result_paths(checkpoint):
             if q.exists():
                 log.warning("universal: overwrite=True: discarding the earlier checkpoint file %s", q)
                 q.unlink()
@@ -341,7 +341,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
 
 # --------------------------------------------------------------------------------------------- transfer
 @dataclass
-class TransferResult(_Saveable):
+class TransferResult(Saveable):
     """Fooling rates of the perturbation computed on each source model (rows) applied to every target model
     (columns), and in every cell the fooling rate of random noise of the same norm (CVPR 2017, Table 2)."""
 

@@ -39,7 +39,6 @@ number of epochs completed after that step and ``total`` the number of epochs; o
 from __future__ import annotations
 
 import abc
-import contextlib
 import inspect
 import logging
 import math
@@ -49,7 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
-from ..attacks._common import attack_loss, bcast, flat_norm, project, steepest_direction
+from ..core.losses import attack_loss
+from ..core.modes import eval_mode, mode_dependent
+from ..core.ops import bcast, flat_norm, project, steepest_direction
 from ..checks import check_norm, check_positive
 from ..errors import OptionError, unknown_name
 
@@ -77,25 +78,6 @@ class Objective(abc.ABC):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def mode_dependent(model: nn.Module) -> bool:
-    """Whether ``model`` computes something different in train and eval mode (batch-norm, dropout)."""
-    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-    return any(isinstance(m, kinds) for m in model.modules())
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Put every module of ``model`` in eval mode for the block, then restore each module's own mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in modes:
-            m.training = False
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
 def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """A uniform draw from the ``norm`` ball of radius ``eps`` (global generator, see module doc)."""
     if norm == "inf":
@@ -147,7 +129,7 @@ def _check_nonneg(value, name):
 
 
 # ---------------------------------------------------------------------------------------- objectives
-@registry.objectives.register("standard", kind="objective")
+@registry.objectives.register("standard")
 class Standard(Objective):
     """Plain cross-entropy (empirical risk minimisation)."""
 
@@ -160,7 +142,7 @@ class Standard(Objective):
         return loss, {"ce": float(loss.detach()), "acc": float(acc)}
 
 
-@registry.objectives.register("adversarial", kind="objective", norms=("inf", "2"))
+@registry.objectives.register("adversarial", norms=("inf", "2"))
 class Adversarial(Objective):
     """PGD adversarial training (Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards deep learning models
     resistant to adversarial attacks", ICLR 2018): minimise ``E max_{‖δ‖≤eps} CE(x + δ, y)``.
@@ -210,7 +192,7 @@ class Adversarial(Objective):
         return loss, {k: float(v) for k, v in terms.items()}
 
 
-@registry.objectives.register("fast-adversarial", kind="objective", norms=("inf", "2"))
+@registry.objectives.register("fast-adversarial", norms=("inf", "2"))
 class FastAdversarial(Adversarial):
     """Fast adversarial training (Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial
     training", ICLR 2020): :class:`Adversarial` with ``fast=True`` — one FGSM step of ``step_size``
@@ -242,7 +224,7 @@ class _Regularised(Objective):
         return xr, logits, F.cross_entropy(logits, y, reduction="none"), logits_train
 
 
-@registry.objectives.register("cure", kind="objective")
+@registry.objectives.register("cure")
 class Cure(_Regularised):
     """CURE (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, "Robustness via curvature regularization, and vice
     versa", CVPR 2019): a finite-difference estimate of the curvature of the loss along the direction that
@@ -354,7 +336,7 @@ class Cure(_Regularised):
                       "gamma": gamma}
 
 
-@registry.objectives.register("llr", kind="objective")
+@registry.objectives.register("llr")
 class LocalLinearity(_Regularised):
     """Local linearity regularisation (Qin, Martens, Gowal, Krishnan, Dvijotham, Fawzi, De, Stanforth &
     Kohli, "Adversarial robustness through local linearization", NeurIPS 2019).
@@ -418,7 +400,7 @@ class LocalLinearity(_Regularised):
                       "grad_term": float(first.mean().detach()), "acc": float(acc)}
 
 
-@registry.objectives.register("margin-hinge", kind="objective", norms=("2",))
+@registry.objectives.register("margin-hinge", norms=("2",))
 class MarginHinge(_Regularised):
     """Cross-entropy plus a hinge on the first-order L2 margin to the runner-up class, at the input layer only.
 
@@ -473,7 +455,7 @@ class MarginHinge(_Regularised):
                       "margin_median": float(d.detach().median()), "acc": float(acc)}
 
 
-@registry.objectives.register("margin", kind="objective", norms=("2",),
+@registry.objectives.register("margin", norms=("2",),
                               summary="former name of margin-hinge (CE + first-order margin hinge, input layer)")
 class _MarginFormerName(MarginHinge):
     """``margin``: the former name of :class:`MarginHinge`; logs the new name and behaves exactly like it."""
@@ -487,7 +469,7 @@ class _MarginFormerName(MarginHinge):
 Margin = MarginHinge  # the former class name
 
 
-@registry.objectives.register("large-margin", kind="objective", norms=("2", "inf"))
+@registry.objectives.register("large-margin", norms=("2", "inf"))
 class LargeMargin(Objective):
     """The large-margin loss of Elsayed, Krishnan, Mobahi, Regan & Bengio ("Large margin deep networks",
     NeurIPS 2018, Eq. 9–10), which *replaces* the cross-entropy.

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_EPS = {"inf": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2), "2": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0)}
 #: attacks tried by default, in this order, when registered and supporting the norm
 DEFAULT_ATTACKS = ("fgsm", "pgd", "deepfool")
-#: kinds run once, their per-sample norms giving the whole robust-accuracy curve
-_ONCE = ("minimal", "black-box")
 
 
 @dataclass
@@ -91,8 +89,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
             raise OptionError(f"options given for attack {a!r}, which this evaluation does not run "
                               f"(attacks: {', '.join(attacks)}); add it to attacks= or drop its options")
     for e in entries:
-        if e.kind not in _ONCE and e.kind != "bounded":
-            raise OptionError(f"attack {e.name!r} ({e.kind}) is not a per-sample attack the suite can run; "
+        if not e.threat_model.per_sample:
+            raise OptionError(f"attack {e.name!r} ({e.threat}) is not a per-sample attack the suite can run; "
                               f"use its own command (e.g. georobust universal)")
         if norm not in e.norms:
             raise OptionError(f"attack {e.name!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
@@ -100,7 +98,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
     eps = sorted(float(e) for e in (eps if eps is not None else DEFAULT_EPS[norm]))
     if any(e < 0 for e in eps):
         raise OptionError(f"eps values must be >= 0, got {eps}")
-    clf, x, y, _, _, pred = prepare(model, x, y, labels_required=True)
+    p = prepare(model, x, y, labels_required=True)
+    clf, x, y, pred = p.clf, p.x, p.y, p.pred
     t0 = time.perf_counter()
     correct = pred == y
     ev = Evaluation(model_name, data_name, int(x.shape[0]), norm, eps, float(correct.double().mean()))
@@ -111,7 +110,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         ta = time.perf_counter()
         robust = correct[:, None].repeat(1, len(eps))
         opts = dict(options.get(e.name, {}))
-        if e.kind in _ONCE:
+        if e.threat_model.curve:
             if on_attack is not None:
                 on_attack(e.name, 0, 1)
             r = e.fn(clf, x, y, norm=norm, **opts)

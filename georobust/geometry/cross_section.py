@@ -20,14 +20,14 @@ import torch
 from .. import registry
 from ..checks import check_positive, prepare
 from ..errors import InputError, OptionError
-from ..results import _Saveable
+from ..results import Saveable
 from .normals import boundary_points
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CrossSection(_Saveable):
+class CrossSection(Saveable):
     """``labels`` ``(N, A, B)``: the class at ``x + a_i·n + b_j·u``; ``a`` ``(N, A)`` and ``b`` ``(N, B)`` the
     coordinates; ``normal``/``second`` the unit directions ``(N, d)``; ``orig`` the class at ``x``; ``r_norm``
     ``‖r*‖``; ``second_kind`` how ``u`` was chosen."""
@@ -79,7 +79,7 @@ def grid_labels(model, x: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, a: t
     return out.reshape(n, na, nb)
 
 
-@registry.analyses.register("cross-section", kind="analysis")
+@registry.analyses.register("cross-section")
 def cross_section(model, x, y=None, *, second="random", resolution: int | tuple[int, int] = 101,
                   scale: float | tuple[float, float] = (2.0, 2.0), seed: int = 0, softplus_beta: float | None = None,
                   overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10, clip: bool = False,

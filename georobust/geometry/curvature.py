@@ -32,7 +32,7 @@ from torch import nn
 from .. import registry
 from ..checks import check_positive, prepare
 from ..errors import OptionError
-from ..results import _Saveable
+from ..results import Saveable
 from .hessian import gradient, hessian_eigs, logit_diff_fn, loss_fn
 from .normals import boundary_points
 
@@ -55,7 +55,7 @@ def smoothed(model: nn.Module, beta: float) -> nn.Module:
 
 
 @dataclass
-class CurvatureProfile(_Saveable):
+class CurvatureProfile(Saveable):
     """``values`` ``(N, 2k)``: the ``k`` largest then the ``k`` smallest eigenvalues of each input Hessian of
     the loss, sorted in decreasing order (CURE's profile); ``mean_profile`` their mean over samples."""
 
@@ -73,7 +73,7 @@ class CurvatureProfile(_Saveable):
                 "mean_bottom": float(v[:, -1].mean()), "mean_abs_sum": float(v.abs().sum(1).mean())}
 
 
-@registry.analyses.register("curvature-profile", kind="analysis")
+@registry.analyses.register("curvature-profile")
 def curvature_profile(model, x, y=None, *, k: int = 10, steps: int | None = None, seed: int = 0,
                       batch_size: int = 256) -> CurvatureProfile:
     """CURE's curvature profile: the ``k`` largest and ``k`` smallest eigenvalues of ``∇²ₓ ℓ(f(x), y)`` per
@@ -99,7 +99,7 @@ def curvature_profile(model, x, y=None, *, k: int = 10, steps: int | None = None
 
 
 @dataclass
-class BoundaryCurvature(_Saveable):
+class BoundaryCurvature(Saveable):
     """Principal curvatures of the boundary at ``x + r*``: ``largest`` and ``smallest`` ``(N, k)`` (in units
     of 1/input-norm), ``r_norm`` ``‖r*‖``, ``converged`` (DeepFool reached the boundary), and optional
     principal directions ``directions`` ``(N, k, d)`` for the largest curvatures."""
@@ -132,7 +132,7 @@ class BoundaryCurvature(_Saveable):
                 "median_abs_kappa_r": med(self.relative), "softplus_beta": self.softplus_beta}
 
 
-@registry.analyses.register("curvature", kind="analysis")
+@registry.analyses.register("curvature")
 def boundary_curvature(model, x, y=None, *, k: int = 5, steps: int | None = None, seed: int = 0,
                        softplus_beta: float | None = None, directions: bool = False, overshoot: float = 0.02,
                        max_iter: int = 50, candidates: int = 10, clip: bool = False,

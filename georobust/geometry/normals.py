@@ -20,19 +20,19 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..attacks._common import bcast
+from ..core.ops import bcast
 from ..attacks.deepfool import deepfool_batch
 from ..attacks.universal import fooling
 from ..checks import check_positive, predict, prepare
 from ..errors import OptionError
-from ..results import _Saveable
+from ..results import Saveable
 from .hessian import gradient, logit_diff_fn
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BoundaryPoints(_Saveable):
+class BoundaryPoints(Saveable):
     """Per sample: the boundary point ``x_b = x + r``, ``r``, the class ``k̂`` attacked, the class ``l`` on the
     other side, and whether DeepFool converged (non-converged samples keep ``r = 0`` and ``x_b = x``)."""
 
@@ -96,7 +96,7 @@ def boundary_function(model, bp: BoundaryPoints):
 
 
 @dataclass
-class Normals(_Saveable):
+class Normals(Saveable):
     """Unit boundary normals ``(N, d)`` (pointing from ``x`` towards the other class), at ``points``."""
 
     normals: torch.Tensor
@@ -132,7 +132,7 @@ def unit_normals(clf, points: torch.Tensor, orig: torch.Tensor, other: torch.Ten
 
 # --------------------------------------------------------------------------------------- correlations
 @dataclass
-class NormalSpectrum(_Saveable):
+class NormalSpectrum(Saveable):
     """Singular values of the matrix of unit normals and of as many random unit vectors; the right singular
     vectors of the normals (``basis``, ``(r, d)``, the top ones first); flat-model fooling rates."""
 
@@ -183,7 +183,7 @@ def _check_dims(dims, x) -> list[int]:
     return [int(m) for m in dims]
 
 
-@registry.analyses.register("normals", kind="analysis")
+@registry.analyses.register("normals")
 def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), eps: float | None = None,
                     seed: int = 0, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
                     clip: bool = False) -> NormalSpectrum:

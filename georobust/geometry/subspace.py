@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..attacks._common import bcast
+from ..core.ops import bcast
 from ..attacks.deepfool import deepfool_batch
 from ..checks import check_positive, predict, prepare
 from ..errors import OptionError
-from ..results import _Saveable
+from ..results import Saveable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def subspace_deepfool(model, x, y=None, *, m: int, seed: int = 0, generator: tor
 
 
 @dataclass
-class SubspaceRobustness(_Saveable):
+class SubspaceRobustness(Saveable):
     """``r_norm`` ``(N,)`` = ‖r*‖; ``r_sub`` ``(N, R)`` = ‖r*_S‖ per ratio ``m/d`` in ``ratios`` (``dims`` the m);
     ``converged`` ``(N, R)``; ``beta`` (mean over converged) and ``beta_median`` per ratio."""
 
@@ -96,7 +96,7 @@ class SubspaceRobustness(_Saveable):
         return rows
 
 
-@registry.analyses.register("subspace", kind="analysis")
+@registry.analyses.register("subspace")
 def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 100), seed: int = 0,
                         overshoot: float = 0.02, max_iter: int = 100, candidates: int = 10,
                         clip: bool = False) -> SubspaceRobustness:
@@ -137,7 +137,7 @@ def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 
 
 
 @dataclass
-class NoiseRobustness(_Saveable):
+class NoiseRobustness(Saveable):
     """Per direction (``N·directions`` rows, sample-major): ``r_noise`` the smallest ``|t|`` at which the label
     changes along ``±v`` (``inf`` where it never does inside the search range), ``t_max`` that range."""
 
@@ -157,7 +157,7 @@ class NoiseRobustness(_Saveable):
         return float((~self.crossed).double().mean())
 
 
-@registry.analyses.register("random-noise", kind="analysis")
+@registry.analyses.register("random-noise")
 def noise_robustness(model, x, y=None, *, directions: int = 1, seed: int = 0, bounded: bool = True,
                      max_norm: float | None = None, grid: int = 32, bisection: int = 20,
                      batch_size: int = 4096) -> NoiseRobustness:

@@ -37,7 +37,7 @@ from .. import registry
 from ..attacks.universal import fooling
 from ..checks import check_positive, predict, prepare
 from ..errors import InputError, OptionError
-from ..results import UniversalResult, _Saveable
+from ..results import UniversalResult, Saveable
 from .curvature import smoothed
 from .hessian import averaged_hvp, lanczos, logit_diff_fn
 from .normals import boundary_points, unit_normals
@@ -48,7 +48,7 @@ KINDS = ("random", "flat", "curved", "uap")
 
 
 @dataclass
-class UniversalGeometry(_Saveable):
+class UniversalGeometry(Saveable):
     """Fooling rates at L2 norm ``xi`` of the four perturbations (``fooling[kind]``, kinds in :data:`KINDS`),
     the singular values of the normal matrix, the top eigenvalues of the averaged boundary Hessian, and the
     subspaces used (``flat_basis`` ``(m_flat, d)``, ``curved_basis`` ``(m_curved, d)``)."""
@@ -83,7 +83,7 @@ def _random_in_span(basis: torch.Tensor | None, n: int, d: int, xi: float, g: to
     return z.to(like.device, like.dtype).reshape(n, *like.shape[1:])
 
 
-@registry.analyses.register("universal-geometry", kind="analysis")
+@registry.analyses.register("universal-geometry")
 def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=None, m_flat: int = 10,
                        m_curved: int = 10, softplus_beta: float | None = 10.0, lanczos_steps: int | None = None,
                        overshoot: float = 0.02, max_iter: int = 50, clip: bool = True, seed: int = 0,

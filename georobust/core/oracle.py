@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checks import check_labels, check_x, prepare
 from ..errors import GeorobustError, InputError, ModelError
-from ._common import bcast
+from .ops import bcast
 
 log = logging.getLogger(__name__)
 
