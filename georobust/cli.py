@@ -532,9 +532,9 @@ def data_list():
 @_handle_errors
 def zoo_list():
     """Architectures that can be built by name, and the shipped pretrained models."""
-    from .models import ARCHITECTURES, manifest
+    from .models import manifest
 
-    console.print("architectures: " + ", ".join(ARCHITECTURES))
+    console.print("architectures: " + ", ".join(registry.architectures.names()))
     rows = [["model", "arch", "data", "test accuracy", "robust accuracy (PGD L∞)", "seed", "command"]]
     for name, e in manifest().items():
         rob = e.get("robust_accuracy")

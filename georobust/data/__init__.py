@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import registry
 from ..errors import OptionError, unknown_name
 from . import digits, fashion_mnist, folder, synthetic
 
@@ -33,10 +34,6 @@ class DataInfo:
     available: bool
     description: str
     sizes: dict[str, int]
-
-
-def _names():
-    return ("digits", "fashion-mnist", "spheres", "folder")
 
 
 def _typed(kind: type, what: str):
@@ -65,14 +62,46 @@ def _path(key: str, v: Any) -> Path:
     return Path(v).expanduser()
 
 
-#: the options of each data set and their types (a string value is converted)
-OPTIONS = {
-    "digits": {},
-    "fashion-mnist": {},
-    "spheres": {"dim": _int, "r_inner": _float, "r_outer": _float, "n": _int, "seed": _int},
-    "folder": {"root": _path, "size": folder.parse_size, "channels": folder.parse_channels},
-}
-ALIASES = {"fmnist": "fashion-mnist"}
+def _register(name: str, *, options: dict, describe, aliases: tuple[str, ...] = ()):
+    """Register a loader ``load(split, **options) -> (x, y)`` in ``registry.datasets`` with its option
+    converters and its description ``describe(**options) -> DataInfo``."""
+    return registry.datasets.register(name, aliases=aliases, options=options, describe=describe)
+
+
+_register("digits", options={}, describe=lambda: DataInfo(
+    "digits", digits.SHAPE, 10, digits.CLASSES, True, "scikit-learn's embedded 8x8 handwritten digits",
+    {"train": 1257, "test": 540}))(lambda split: digits.load(split))
+_register("fashion-mnist", aliases=("fmnist",), options={}, describe=lambda: DataInfo(
+    "fashion-mnist", fashion_mnist.SHAPE, 10, fashion_mnist.CLASSES, fashion_mnist.available(),
+    "Zalando's Fashion-MNIST, 28x28 grayscale (IDX files)", {"train": 60000, "test": 10000}))(
+    lambda split: fashion_mnist.load(split))
+
+
+def _describe_spheres(dim: int = synthetic.DEFAULTS["dim"], **_) -> DataInfo:
+    return DataInfo("spheres", (int(dim),), 2, ["inner", "outer"], True,
+                    "concentric spheres (Gilmer et al. 2018), generated", dict(synthetic.SIZES))
+
+
+_register("spheres", options={"dim": _int, "r_inner": _float, "r_outer": _float, "n": _int, "seed": _int},
+          describe=_describe_spheres)(synthetic.spheres)
+
+
+def _describe_folder(root=None, **_) -> DataInfo:
+    classes = folder.classes(root) if root is not None else []
+    return DataInfo("folder", (), len(classes), classes, bool(classes),
+                    "a folder of images, one sub-folder per class (needs root=)", {})
+
+
+def _load_folder(split: str, **options):
+    x, y, _ = folder.load(split, **options)
+    return x, y
+
+
+_register("folder", options={"root": _path, "size": folder.parse_size, "channels": folder.parse_channels},
+          describe=_describe_folder)(_load_folder)
+
+#: the options of each data set and their converters (a string value is converted)
+OPTIONS = {e.name: e.extra["options"] for e in registry.datasets.entries()}
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +110,8 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`~georobust.errors.OptionError` for an unknown data set, an unknown option (listing the
     valid ones) or a value of the wrong type.
     """
-    canon = ALIASES.get(name, name)
-    if canon not in OPTIONS:
-        raise unknown_name("data set", name, _names())
-    spec = OPTIONS[canon]
+    entry = registry.datasets.get(name)
+    canon, spec = entry.name, entry.extra["options"]
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key not in spec:
@@ -98,27 +125,11 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 def info(name: str, **options) -> DataInfo:
     """Describe data set ``name``; for ``folder`` with ``root=`` the classes are the sub-folders found."""
     options = check_options(name, options)
-    if name == "digits":
-        return DataInfo(name, digits.SHAPE, 10, digits.CLASSES, True,
-                        "scikit-learn's embedded 8x8 handwritten digits", {"train": 1257, "test": 540})
-    if name in ("fashion-mnist", "fmnist"):
-        return DataInfo("fashion-mnist", fashion_mnist.SHAPE, 10, fashion_mnist.CLASSES,
-                        fashion_mnist.available(), "Zalando's Fashion-MNIST, 28x28 grayscale (IDX files)",
-                        {"train": 60000, "test": 10000})
-    if name == "spheres":
-        dim = int(options.get("dim", synthetic.DEFAULTS["dim"]))
-        return DataInfo(name, (dim,), 2, ["inner", "outer"], True,
-                        "concentric spheres (Gilmer et al. 2018), generated", dict(synthetic.SIZES))
-    if name == "folder":
-        root = options.get("root")
-        classes = folder.classes(root) if root is not None else []
-        return DataInfo(name, (), len(classes), classes, bool(classes),
-                        "a folder of images, one sub-folder per class (needs root=)", {})
-    raise unknown_name("data set", name, _names())
+    return registry.datasets.get(name).extra["describe"](**options)
 
 
 def datasets() -> list[DataInfo]:
-    return [info(n) for n in _names()]
+    return [info(n) for n in registry.datasets.names()]
 
 
 def load(name: str, split: str = "test", limit: int | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,22 +139,14 @@ def load(name: str, split: str = "test", limit: int | None = None, **options) ->
     samples). Options: ``spheres`` takes ``dim``, ``r_inner``, ``r_outer``, ``n``, ``seed``; ``folder``
     takes ``root``, ``size`` (``16`` or ``(H, W)``; default: the first image's size) and ``channels`` (1 or 3;
     default: 1 when every image is grayscale, else 3). Options are checked first (:func:`check_options`).
+    A new data set is one module plus one ``registry.datasets.register`` call here.
     """
     if split not in SPLITS:
         raise unknown_name("split", split, SPLITS)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise OptionError(f"limit must be a positive integer or None, got {limit!r}")
     options = check_options(name, options)
-    if name == "digits":
-        x, y = digits.load(split)
-    elif name in ("fashion-mnist", "fmnist"):
-        x, y = fashion_mnist.load(split)
-    elif name == "spheres":
-        x, y = synthetic.spheres(split, **options)
-    elif name == "folder":
-        x, y, _ = folder.load(split, **options)
-    else:
-        raise unknown_name("data set", name, _names())
+    x, y = registry.datasets.get(name).fn(split, **options)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return x.contiguous(), y.contiguous()

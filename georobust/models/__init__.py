@@ -2,7 +2,7 @@
 
 from .classifier import Classifier, as_classifier
 from .io import check_weights_path, load_model, load_weights, manifest, pretrained, save_weights
-from .zoo import ARCHITECTURES, build
+from .zoo import build
 
-__all__ = ["Classifier", "as_classifier", "build", "ARCHITECTURES", "load_model", "load_weights",
+__all__ = ["Classifier", "as_classifier", "build", "load_model", "load_weights",
            "save_weights", "check_weights_path", "pretrained", "manifest"]

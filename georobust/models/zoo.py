@@ -18,12 +18,12 @@ resnet-small   a pre-activation ResNet (He et al., 2016) with three stages of tw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..errors import OptionError, unknown_name
+from .. import registry
+from ..errors import OptionError
 
 Shape = tuple[int, ...]
 
@@ -32,10 +32,12 @@ def _flat(shape: Shape) -> int:
     return int(math.prod(shape))
 
 
+@registry.architectures.register("linear")
 def linear(input_shape: Shape, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(_flat(input_shape), num_classes))
 
 
+@registry.architectures.register("mlp")
 def mlp(input_shape: Shape, num_classes: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     d = _flat(input_shape)
@@ -46,6 +48,7 @@ def mlp(input_shape: Shape, num_classes: int, hidden: tuple[int, ...] = (256, 25
     return nn.Sequential(*layers)
 
 
+@registry.architectures.register("fc500-150-10")
 def fc500_150_10(input_shape: Shape, num_classes: int) -> nn.Module:
     return mlp(input_shape, num_classes, hidden=(500, 150))
 
@@ -56,6 +59,7 @@ def _image_shape(input_shape: Shape, arch: str) -> tuple[int, int, int]:
     return input_shape  # type: ignore[return-value]
 
 
+@registry.architectures.register("lenet")
 def lenet(input_shape: Shape, num_classes: int) -> nn.Module:
     c, h, w = _image_shape(input_shape, "lenet")
     pad = 2 if min(h, w) < 20 else 0
@@ -107,29 +111,20 @@ class PreActResNet(nn.Module):
         return self.fc(out)
 
 
+@registry.architectures.register("resnet-small")
 def resnet_small(input_shape: Shape, num_classes: int) -> nn.Module:
     c, _, _ = _image_shape(input_shape, "resnet-small")
     return PreActResNet(c, num_classes)
 
 
-ARCHITECTURES: dict[str, Callable[[Shape, int], nn.Module]] = {
-    "linear": linear,
-    "mlp": mlp,
-    "fc500-150-10": fc500_150_10,
-    "lenet": lenet,
-    "resnet-small": resnet_small,
-}
-
-
 def build(arch: str, input_shape: Shape, num_classes: int, seed: int | None = None) -> nn.Module:
     """Build architecture ``arch`` for inputs of ``input_shape`` (without batch) and ``num_classes``."""
-    if arch not in ARCHITECTURES:
-        raise unknown_name("architecture", arch, ARCHITECTURES)
+    builder = registry.architectures.get(arch).fn
     if num_classes < 2:
         raise OptionError(f"num_classes must be >= 2, got {num_classes}")
     input_shape = tuple(int(s) for s in input_shape)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return ARCHITECTURES[arch](input_shape, num_classes)
-    return ARCHITECTURES[arch](input_shape, num_classes)
+            return builder(input_shape, num_classes)
+    return builder(input_shape, num_classes)
