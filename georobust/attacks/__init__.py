@@ -3,7 +3,7 @@
 Every submodule not starting with ``_`` is imported here, so a new attack is one new file.
 """
 
-from .._autoload import import_submodules
+from ..core.autoload import import_submodules
 from .deepfool import deepfool
 from .fgsm import fgsm
 from .hopskipjump import hopskipjump

@@ -3,7 +3,7 @@
 Every submodule not starting with ``_`` is imported here (registering its objectives).
 """
 
-from .._autoload import import_submodules
+from ..core.autoload import import_submodules
 from .objectives import (
                          Adversarial,
                          Cure,

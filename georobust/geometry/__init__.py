@@ -3,7 +3,7 @@
 Every submodule not starting with ``_`` is imported here (registering its analyses).
 """
 
-from .._autoload import import_submodules
+from ..core.autoload import import_submodules
 from .cross_section import cross_section
 from .curvature import boundary_curvature, curvature_profile
 from .hessian import hessian_eigs, lanczos
