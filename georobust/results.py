@@ -450,7 +450,10 @@ class UniversalResult(Saveable):
 
 def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
            batch_size: int = 1024, task: str = "classification"):
-    """Re-run ``model`` on ``x_adv``; return ``(prediction, success)`` judged by ``task``."""
+    """Re-run ``model`` on ``x_adv``; return ``(prediction, success)`` judged by ``task``.
+
+    A model with a ``reject_class`` (a defended model, :class:`georobust.defenses.Defended`) abstains on the
+    inputs predicted as that class: they are never a success (a detected adversarial example is a failure)."""
     tk = get_task(task)
     if tk.name == "classification":
         from .checks import predict
@@ -459,7 +462,11 @@ def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
     else:
         with torch.inference_mode():
             label_adv = tk.predict(model(x_adv.detach()))
-    return label_adv, tk.success(label_adv, y, target)
+    success = tk.success(label_adv, y, target)
+    reject = getattr(model, "reject_class", None)
+    if reject is not None and tk.name == "classification":
+        success = success & (label_adv != reject)
+    return label_adv, success
 
 
 def make_result(attack: str, clf, x, x_adv, y, pred, *, target=None, iterations=None, queries=None,
