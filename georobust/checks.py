@@ -1,6 +1,6 @@
 """Input validation shared by every public entry point. Everything here runs *before* any work.
 
-Conventions (DESIGN.md): inputs are float32 ``(N, C, H, W)`` or ``(N, D)`` inside the model's bounds,
+Conventions (ARCHITECTURE.md): inputs are float32 ``(N, C, H, W)`` or ``(N, D)`` inside the model's bounds,
 labels int64 ``(N,)``; the model returns logits ``(N, K)`` and is in eval mode.
 
 **dtype policy.** Inputs of any floating dtype (float16, bfloat16, float32, float64) are accepted and
@@ -40,10 +40,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core.tasks import task as get_task
 from .errors import InputError, ModelError, OptionError
 from .models.classifier import Classifier, as_classifier
 
 log = logging.getLogger(__name__)
+
+CLASSIFICATION = get_task("classification")
 
 #: float round-off after normalisation may push inputs this far outside the bounds; it is clamped away.
 BOUNDS_TOL = 1e-6
@@ -198,11 +201,7 @@ def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, 
             f"{str(probe.dtype).removeprefix('torch.')}){hint}: {first} — give inputs of the shape the model "
             "expects"
         ) from e
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, x.shape[0]):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"model must return logits of shape (N, K); for {min(2, x.shape[0])} inputs it returned {shape}")
-    if out.shape[1] < 2:
-        raise ModelError(f"model returns {out.shape[1]} logit(s); a classifier needs K >= 2 (use two logits for binary)")
+    CLASSIFICATION.check_output(out, min(2, x.shape[0]))
     if not torch.isfinite(out).all():
         raise ModelError("model returns NaN or inf logits on these inputs")
     warnings = []

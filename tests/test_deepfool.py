@@ -96,7 +96,7 @@ def test_bounds_verified_success_and_independent_norms(mlp_digits, digits_test):
 
 
 def test_top_k_candidates_not_random(mlp_digits, digits_test):
-    """Regression (DESIGN.md): candidates are the top-k logits at x — choosing them at random is much worse."""
+    """Regression (ARCHITECTURE.md, DeepFool): candidates are the top-k logits at x — choosing them at random is much worse."""
     x = digits_test[0][:200]
     with torch.no_grad():
         logits = mlp_digits(x)

@@ -1,4 +1,4 @@
-"""Evaluation: metrics, the robustness suite, and (in later modules) sanity checks and reports."""
+"""Evaluation: the metrics (the one accuracy, the one fooling rate, ρ_adv) and the robustness suite."""
 
 from .metrics import accuracy, fooling_rate, perturbed_labels, rho_adv
 from .suite import Evaluation, evaluate, save_evaluation
