@@ -1,9 +1,10 @@
 """A whole robustness evaluation: clean accuracy plus robust accuracy versus ε under several attacks.
 
-A minimal-perturbation attack (DeepFool, L-BFGS, ...) and a decision-based black-box attack (QFool,
-HopSkipJump: the smallest perturbation found within the query budget) run once and their per-sample norms
-give the whole curve; a bounded attack (FGSM, PGD, ...) runs once per ε. A universal perturbation is not a
-per-sample attack and is refused here (``georobust universal``). The robust accuracy reported for each ε is the
+The suite dispatches on each attack's threat model (:mod:`georobust.core.threat`), never on its name: an
+attack whose threat model reads a whole curve from one run (minimal-Lp: DeepFool, L-BFGS; decision-based:
+QFool, HopSkipJump — the smallest perturbation found within the query budget) runs once; a bounded one (FGSM,
+PGD) runs once per ε, passed as its budget option. A universal perturbation is not a per-sample attack and is
+refused here (``georobust universal``). The robust accuracy reported for each ε is the
 *minimum over attacks* per sample (a sample counts as robust only if no attack fooled it).
 """
 
@@ -110,24 +111,23 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         ta = time.perf_counter()
         robust = correct[:, None].repeat(1, len(eps))
         opts = dict(options.get(e.name, {}))
-        if e.threat_model.curve:
+        tm = e.threat_model
+        if tm.curve:  # one run: its result's threat model reads every budget
             if on_attack is not None:
                 on_attack(e.name, 0, 1)
             r = e.fn(clf, x, y, norm=norm, **opts)
-            nrm = r.norms(norm)
-            for j, ep in enumerate(eps):
-                robust[:, j] &= ~(r.success & (nrm <= ep + 1e-7))
+            robust &= r.threat_model.robust(r, eps, norm)
             results[e.name] = r
             detail = r.summary()
-        else:
+        else:  # one run per budget, passed as the threat model's budget option
             detail = {}
             for j, ep in enumerate(eps):
                 if on_attack is not None:
                     on_attack(e.name, j, len(eps))
                 if ep == 0:
                     continue  # the clean accuracy
-                r = e.fn(clf, x, y, eps=ep, norm=norm, **opts)
-                robust[:, j] &= ~r.success
+                r = e.fn(clf, x, y, norm=norm, **{tm.budget_option: ep}, **opts)
+                robust[:, j] &= r.threat_model.robust(r, [ep], norm)[:, 0]
                 results[e.name] = r
                 detail = {"success_rate_at_max_eps": r.success_rate}
         detail["seconds"] = time.perf_counter() - ta
