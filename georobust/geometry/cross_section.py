@@ -21,13 +21,15 @@ from .. import registry
 from ..checks import check_positive, prepare
 from ..errors import InputError, OptionError
 from ..results import Saveable
-from .normals import boundary_points
+from ._report import Report, median
+from .curvature import _boundary_curvature, check_tangent_k
+from .normals import _boundary_points
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CrossSection(Saveable):
+class CrossSection(Saveable, Report):
     """``labels`` ``(N, A, B)``: the class at ``x + a_i·n + b_j·u``; ``a`` ``(N, A)`` and ``b`` ``(N, B)`` the
     coordinates; ``normal``/``second`` the unit directions ``(N, d)``; ``orig`` the class at ``x``; ``r_norm``
     ``‖r*‖``; ``second_kind`` how ``u`` was chosen."""
@@ -49,6 +51,28 @@ class CrossSection(Saveable):
         m[:, :-1] |= lab[:, :-1] != lab[:, 1:]
         m[:, :, :-1] |= lab[:, :, :-1] != lab[:, :, 1:]
         return m
+
+    def classes_in_section(self) -> list[list[int]]:
+        """Per sample, the classes that appear on its cross-section (sorted)."""
+        return [self.labels[i].unique().tolist() for i in range(self.labels.shape[0])]
+
+    def summary(self) -> dict:
+        c = self.converged
+        return {"n": int(c.numel()), "converged": int(c.sum()), "resolution": "×".join(map(str, self.labels.shape[1:])),
+                "second": self.second_kind, "median_r": median(self.r_norm, c),
+                "mean_classes_in_section": sum(map(len, self.classes_in_section())) / max(1, c.numel()),
+                "boundary_fraction": float(self.boundary_mask().double().mean())}
+
+    def table(self) -> list[list[str]]:
+        """Per sample: its class, ``‖r*‖`` and the classes in its cross-section."""
+        rows = [["sample", "class", "‖r*‖", "classes in the section"]]
+        for i, cls in enumerate(self.classes_in_section()):
+            rows.append([str(i), str(int(self.orig[i])), f"{float(self.r_norm[i]):.4g}", ",".join(map(str, cls))])
+        return rows
+
+    def plot_data(self, label: str) -> CrossSection:
+        """:func:`georobust.plots.cross_sections` draws one result (its samples side by side)."""
+        return self
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -79,7 +103,9 @@ def grid_labels(model, x: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, a: t
     return out.reshape(n, na, nb)
 
 
-@registry.analyses.register("cross-section")
+@registry.analyses.register(
+    "cross-section", summary="normal cross-sections of the decision boundary (normal × a second direction)",
+    plot="cross_sections", plot_file="cross_sections.png")
 def cross_section(model, x, y=None, *, second="random", resolution: int | tuple[int, int] = 101,
                   scale: float | tuple[float, float] = (2.0, 2.0), seed: int = 0, softplus_beta: float | None = None,
                   overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10, clip: bool = False,
@@ -102,31 +128,47 @@ def cross_section(model, x, y=None, *, second="random", resolution: int | tuple[
         check_positive(v, nme, integer=True)
     check_positive(sa, "scale")
     check_positive(sb, "scale")
-    clf, x, y, _, _, pred = prepare(model, x, y)
-    n, d = x.shape[0], x[0].numel()
-    bp = boundary_points(clf, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
-    rn = bp.r_norm
-    normal = _unit(bp.r.flatten(1))
+    if not isinstance(second, torch.Tensor) and (not isinstance(second, str) or second not in ("random", "curvature")):
+        raise OptionError(f"second must be 'random', 'curvature' or a tensor of directions, got {second!r}")
+    if isinstance(second, str) and second == "curvature" and softplus_beta is not None:
+        check_positive(softplus_beta, "softplus_beta")
+    p = prepare(model, x, y)
+    n, d = p.n, p.x[0].numel()
     if isinstance(second, torch.Tensor):
         if second.shape[0] == 1 and n > 1:
             second = second.expand(n, *second.shape[1:])
         if second.shape[0] != n or second[0].numel() != d:
             raise InputError(f"second must have shape (N, ...) with {n} rows of {d} values, got {tuple(second.shape)}")
+    elif second == "curvature":
+        check_tangent_k(1, d)
+    return _cross_section(p.clf, p.x, p.pred, second=second, resolution=(ra, rb), scale=(sa, sb), seed=seed,
+                          softplus_beta=softplus_beta, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                          clip=clip, chunk=chunk)
+
+
+def _cross_section(clf, x: torch.Tensor, pred: torch.Tensor, *, second, resolution: tuple[int, int],
+                   scale: tuple[float, float], seed: int, softplus_beta: float | None, overshoot: float,
+                   max_iter: int, candidates: int, clip: bool, chunk: int) -> CrossSection:
+    """:func:`cross_section` on inputs already validated (``clf`` a validated classifier, ``pred`` its clean
+    predictions on ``x``; ``second`` ``"random"``, ``"curvature"`` or a tensor of ``N`` directions)."""
+    (ra, rb), (sa, sb) = resolution, scale
+    n, d = x.shape[0], x[0].numel()
+    bp = _boundary_points(clf, x, pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
+    rn = bp.r_norm
+    normal = _unit(bp.r.flatten(1))
+    if isinstance(second, torch.Tensor):
         u = second.reshape(n, d).to(x.device, x.dtype)
         kind = "given"
     elif second == "random":
         gen = torch.Generator().manual_seed(seed)
         u = torch.randn(n, d, generator=gen).to(x.device, x.dtype)
         kind = "random"
-    elif second == "curvature":
-        from .curvature import boundary_curvature
-
-        bc = boundary_curvature(clf, x, y, k=1, seed=seed, softplus_beta=softplus_beta, directions=True,
-                                overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
+    else:
+        bc = _boundary_curvature(clf, x, pred, k=1, steps=None, seed=seed, softplus_beta=softplus_beta,
+                                 directions=True, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                                 clip=clip, batch_size=256)
         u = bc.directions[:, 0]
         kind = "curvature" if softplus_beta is None else f"curvature (softplus β={softplus_beta:g})"
-    else:
-        raise OptionError(f"second must be 'random', 'curvature' or a tensor of directions, got {second!r}")
     u = _unit(u - (u * normal).sum(1, keepdim=True) * normal)
     ref = torch.where(bp.converged & (rn > 0), rn, torch.ones_like(rn))
     a = torch.linspace(-1, 1, ra, device=x.device, dtype=x.dtype)[None] * (sa * ref)[:, None]

@@ -18,6 +18,9 @@ boundary curvatures are exactly zero at every point where they are defined (its 
 ``Jᵀ(diag p − ppᵀ)J``, of rank ≤ K−1). ``softplus_beta`` measures instead a smoothed copy of the model whose
 ``nn.ReLU`` modules are replaced by ``Softplus(β)`` (→ ReLU as β → ∞), the usual way to give a piecewise-linear
 network second derivatives.
+
+Each public function validates its inputs once (:func:`~georobust.checks.prepare`) and runs a trusting
+internal (:func:`_boundary_curvature`, also used by the cross-sections).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import torch
 from torch import nn
 
 from .. import registry
-from ..checks import check_positive, prepare
+from ..checks import check_positive, predict, prepare
 from ..errors import OptionError
 from ..results import Saveable
+from ._report import Report, median
 from .hessian import gradient, hessian_eigs, logit_diff_fn, loss_fn
-from .normals import boundary_points
+from .normals import _boundary_points
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def smoothed(model: nn.Module, beta: float) -> nn.Module:
 
 
 @dataclass
-class CurvatureProfile(Saveable):
+class CurvatureProfile(Saveable, Report):
     """``values`` ``(N, 2k)``: the ``k`` largest then the ``k`` smallest eigenvalues of each input Hessian of
     the loss, sorted in decreasing order (CURE's profile); ``mean_profile`` their mean over samples."""
 
@@ -73,14 +77,17 @@ class CurvatureProfile(Saveable):
                 "mean_bottom": float(v[:, -1].mean()), "mean_abs_sum": float(v.abs().sum(1).mean())}
 
 
-@registry.analyses.register("curvature-profile")
+@registry.analyses.register(
+    "curvature-profile", summary="CURE's curvature profile: the extreme eigenvalues of the input Hessian of the loss",
+    plot="loss_curvature_profiles", plot_file="curvature_profile.png")
 def curvature_profile(model, x, y=None, *, k: int = 10, steps: int | None = None, seed: int = 0,
                       batch_size: int = 256) -> CurvatureProfile:
     """CURE's curvature profile: the ``k`` largest and ``k`` smallest eigenvalues of ``∇²ₓ ℓ(f(x), y)`` per
     sample (Lanczos over HVPs, batched), sorted in decreasing order. ``y`` defaults to the predictions."""
     check_positive(k, "k", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
-    clf, x, y, _, _, _ = prepare(model, x, y)
+    p = prepare(model, x, y)
+    clf, x, y = p.clf, p.x, p.y
     d = x[0].numel()
     if k > d:
         raise OptionError(f"k = {k} exceeds the input dimension d = {d}: the input Hessian has only {d} "
@@ -99,7 +106,7 @@ def curvature_profile(model, x, y=None, *, k: int = 10, steps: int | None = None
 
 
 @dataclass
-class BoundaryCurvature(Saveable):
+class BoundaryCurvature(Saveable, Report):
     """Principal curvatures of the boundary at ``x + r*``: ``largest`` and ``smallest`` ``(N, k)`` (in units
     of 1/input-norm), ``r_norm`` ``‖r*‖``, ``converged`` (DeepFool reached the boundary), and optional
     principal directions ``directions`` ``(N, k, d)`` for the largest curvatures."""
@@ -125,14 +132,14 @@ class BoundaryCurvature(Saveable):
 
     def summary(self) -> dict:
         c = self.converged
-        def med(t):
-            return float(t[c].median()) if bool(c.any()) else float("nan")
-        return {"n": int(c.numel()), "converged": int(c.sum()), "median_r": med(self.r_norm),
-                "median_kappa_max": med(self.largest[:, 0]), "median_kappa_min": med(self.smallest[:, 0]),
-                "median_abs_kappa_r": med(self.relative), "softplus_beta": self.softplus_beta}
+        return {"n": int(c.numel()), "converged": int(c.sum()), "median_r": median(self.r_norm, c),
+                "median_kappa_max": median(self.largest[:, 0], c), "median_kappa_min": median(self.smallest[:, 0], c),
+                "median_abs_kappa_r": median(self.relative, c), "softplus_beta": self.softplus_beta}
 
 
-@registry.analyses.register("curvature")
+@registry.analyses.register(
+    "curvature", summary="principal curvatures of the decision boundary at the DeepFool boundary point",
+    plot="boundary_curvatures", plot_file="boundary_curvature.png")
 def boundary_curvature(model, x, y=None, *, k: int = 5, steps: int | None = None, seed: int = 0,
                        softplus_beta: float | None = None, directions: bool = False, overshoot: float = 0.02,
                        max_iter: int = 50, candidates: int = 10, clip: bool = False,
@@ -142,17 +149,37 @@ def boundary_curvature(model, x, y=None, *, k: int = 5, steps: int | None = None
     see the module docstring). ``softplus_beta`` measures a Softplus(β)-smoothed copy of a ReLU model;
     ``directions=True`` also returns the principal directions of the ``k`` largest curvatures."""
     check_positive(k, "k", integer=True)
-    clf, x, y, _, _, _ = prepare(model, x, y)
-    d = x[0].numel()
+    check_positive(batch_size, "batch_size", integer=True)
+    if softplus_beta is not None:
+        check_positive(softplus_beta, "softplus_beta")
+    p = prepare(model, x, y)
+    check_tangent_k(k, p.x[0].numel())
+    return _boundary_curvature(p.clf, p.x, p.pred, k=k, steps=steps, seed=seed, softplus_beta=softplus_beta,
+                               directions=directions, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                               clip=clip, batch_size=batch_size)
+
+
+def check_tangent_k(k: int, d: int) -> None:
+    """Refuse ``k`` principal curvatures on inputs of dimension ``d`` when the tangent space (``d − 1``) is
+    smaller."""
     if d < 2:
         raise OptionError("the boundary of a 1-D input has no tangent space")
     if k > d - 1:
         raise OptionError(f"k = {k} exceeds the dimension of the boundary's tangent space, d − 1 = {d - 1}; "
                           f"use k <= {d - 1}")
+
+
+def _boundary_curvature(clf, x: torch.Tensor, pred: torch.Tensor, *, k: int, steps: int | None, seed: int,
+                        softplus_beta: float | None, directions: bool, overshoot: float, max_iter: int,
+                        candidates: int, clip: bool, batch_size: int) -> BoundaryCurvature:
+    """:func:`boundary_curvature` on inputs already validated (``clf`` a validated classifier, ``pred`` its
+    clean predictions on ``x``; options checked). With ``softplus_beta`` the boundary points are those of the
+    smoothed copy, attacked from its own predictions."""
     if softplus_beta is not None:
         clf = smoothed(clf, softplus_beta)
-    bp = boundary_points(clf, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
-                         batch_size=batch_size)
+        pred = predict(clf, x)
+    bp = _boundary_points(clf, x, pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
+                          batch_size=batch_size)
     kk = k
     big, small, gns, nrm, dirs = [], [], [], [], []
     for i in range(0, x.shape[0], batch_size):

@@ -10,6 +10,10 @@ same norm.
 :func:`boundary_points` (DeepFool, then a bisection on the segment ``[x, x_adv]`` that puts the point on the
 boundary to ``2⁻ᵇ·‖r‖``) and :func:`boundary_normals` (the gradient of ``f_l − f_k̂`` there, normalised) are
 the building blocks of the curvature, cross-section and universal-perturbation analyses.
+
+Validation happens once per public call: each public function runs :func:`~georobust.checks.prepare` on
+its inputs and hands the validated classifier, inputs and clean predictions to trusting internals
+(:func:`_boundary_points`, :func:`_boundary_normals`), which the other geometry tools call directly.
 """
 
 from __future__ import annotations
@@ -20,19 +24,20 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..core.ops import bcast
 from ..attacks.deepfool import deepfool_batch
-from ..attacks.universal import fooling
 from ..checks import check_positive, predict, prepare
+from ..core.ops import bcast
 from ..errors import OptionError
+from ..evaluation.metrics import fooling_rate
 from ..results import Saveable
+from ._report import Report, fmt, median
 from .hessian import gradient, logit_diff_fn
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BoundaryPoints(Saveable):
+class BoundaryPoints(Saveable, Report):
     """Per sample: the boundary point ``x_b = x + r``, ``r``, the class ``k̂`` attacked, the class ``l`` on the
     other side, and whether DeepFool converged (non-converged samples keep ``r = 0`` and ``x_b = x``)."""
 
@@ -47,6 +52,10 @@ class BoundaryPoints(Saveable):
     def r_norm(self) -> torch.Tensor:
         return self.r.flatten(1).norm(dim=1)
 
+    def summary(self) -> dict:
+        return {"n": int(self.converged.numel()), "converged": int(self.converged.sum()),
+                "median_r": median(self.r_norm, self.converged)}
+
 
 def boundary_points(model, x, y=None, *, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
                     clip: bool = False, bisection: int = 25, batch_size: int = 512) -> BoundaryPoints:
@@ -60,7 +69,16 @@ def boundary_points(model, x, y=None, *, overshoot: float = 0.02, max_iter: int 
     """
     check_positive(bisection, "bisection", integer=True, allow_zero=True)
     check_positive(batch_size, "batch_size", integer=True)
-    clf, x, y, _, _, pred = prepare(model, x, y)
+    p = prepare(model, x, y)
+    return _boundary_points(p.clf, p.x, p.pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                            clip=clip, bisection=bisection, batch_size=batch_size)
+
+
+def _boundary_points(clf, x: torch.Tensor, pred: torch.Tensor, *, overshoot: float = 0.02, max_iter: int = 50,
+                     candidates: int = 10, clip: bool = False, bisection: int = 25,
+                     batch_size: int = 512) -> BoundaryPoints:
+    """:func:`boundary_points` on inputs already validated: ``clf`` a validated classifier, ``x`` its inputs,
+    ``pred`` ``clf``'s clean predictions on ``x``."""
     pts, rs, others, conv = [], [], [], []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size]
@@ -77,9 +95,9 @@ def boundary_points(model, x, y=None, *, overshoot: float = 0.02, max_iter: int 
             lo_t = torch.where(crossed, lo_t, mid)
         hi_t = torch.where(out.converged, hi_t, torch.zeros_like(hi_t))
         r = bcast(hi_t, xb) * step
-        p = xb + r
-        lab = predict(clf, p)
-        pts.append(p)
+        pt = xb + r
+        lab = predict(clf, pt)
+        pts.append(pt)
         rs.append(r)
         others.append(torch.where(out.converged, lab, out.boundary_class))
         conv.append(out.converged & (lab != out.orig))
@@ -96,7 +114,7 @@ def boundary_function(model, bp: BoundaryPoints):
 
 
 @dataclass
-class Normals(Saveable):
+class Normals(Saveable, Report):
     """Unit boundary normals ``(N, d)`` (pointing from ``x`` towards the other class), at ``points``."""
 
     normals: torch.Tensor
@@ -107,15 +125,29 @@ class Normals(Saveable):
     other: torch.Tensor
     converged: torch.Tensor
 
+    def summary(self) -> dict:
+        c = self.converged
+        return {"n": int(c.numel()), "converged": int(c.sum()), "median_r": median(self.r_norm, c),
+                "median_grad_norm": median(self.grad_norm, c)}
+
 
 def boundary_normals(model, x, y=None, *, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
                      clip: bool = False, batch_size: int = 512) -> Normals:
     """Unit normals to the decision boundary at the DeepFool boundary points of ``x`` (ICLR 2018, §3):
     ``n = ∇(f_l − f_k̂)/‖∇(f_l − f_k̂)‖`` at ``x + r*``, for every sample, batched. Non-converged samples
     (and misclassified ones alike) are flagged in ``converged``; their normal is the gradient at ``x``."""
-    bp = boundary_points(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
-                         batch_size=batch_size)
-    n, gn = unit_normals(prepare(model, x[:1])[0], bp.point, bp.orig, bp.other, batch_size=batch_size)
+    check_positive(batch_size, "batch_size", integer=True)
+    p = prepare(model, x, y)
+    return _boundary_normals(p.clf, p.x, p.pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                             clip=clip, batch_size=batch_size)
+
+
+def _boundary_normals(clf, x: torch.Tensor, pred: torch.Tensor, *, overshoot: float = 0.02, max_iter: int = 50,
+                      candidates: int = 10, clip: bool = False, batch_size: int = 512) -> Normals:
+    """:func:`boundary_normals` on inputs already validated (as :func:`_boundary_points`)."""
+    bp = _boundary_points(clf, x, pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip,
+                          batch_size=batch_size)
+    n, gn = unit_normals(clf, bp.point, bp.orig, bp.other, batch_size=batch_size)
     return Normals(normals=n, points=bp.point, r_norm=bp.r_norm, grad_norm=gn, orig=bp.orig, other=bp.other,
                    converged=bp.converged)
 
@@ -132,7 +164,7 @@ def unit_normals(clf, points: torch.Tensor, orig: torch.Tensor, other: torch.Ten
 
 # --------------------------------------------------------------------------------------- correlations
 @dataclass
-class NormalSpectrum(Saveable):
+class NormalSpectrum(Saveable, Report):
     """Singular values of the matrix of unit normals and of as many random unit vectors; the right singular
     vectors of the normals (``basis``, ``(r, d)``, the top ones first); flat-model fooling rates."""
 
@@ -146,18 +178,37 @@ class NormalSpectrum(Saveable):
     n_normals: int
     n_eval: int
 
+    #: the indices (1-based) of the singular values shown in :meth:`table` besides ``dims``
+    INDICES = (1, 2, 5, 10, 25, 50)
+
+    def _sigma(self, s: torch.Tensor, m: int) -> float:
+        return float(s[m - 1] / s[0]) if m <= s.numel() and float(s[0]) > 0 else float("nan")
+
+    def summary(self) -> dict:
+        out = {"n_normals": self.n_normals, "n_eval": self.n_eval, "eps": self.eps,
+               "fooling_isotropic": self.fooling_isotropic}
+        out.update({f"fooling_m{m}": f for m, f in zip(self.dims, self.fooling_subspace)})
+        for m in (2, 10):
+            out[f"sigma{m}_over_sigma1"] = self._sigma(self.singular_values, m)
+            out[f"random_sigma{m}_over_sigma1"] = self._sigma(self.random_singular_values, m)
+        return out
+
+    def table(self) -> list[list[str]]:
+        """Per index ``m``: ``σ_m/σ₁`` of the normals and of random unit vectors, and where ``m`` is one of
+        ``dims`` the fooling rate at ``‖v‖₂ = eps`` of random vectors in the span of the top ``m`` right
+        singular vectors (``—`` elsewhere), beside that of isotropic random vectors."""
+        rows = [["m", "σ_m/σ₁ normals", "σ_m/σ₁ random", "fooling (span of top m)", "fooling (isotropic)"]]
+        fool = dict(zip(self.dims, self.fooling_subspace))
+        for m in sorted({i for i in self.INDICES if i <= self.singular_values.numel()} | set(fool)):
+            rows.append([str(m), fmt(self._sigma(self.singular_values, m)),
+                         fmt(self._sigma(self.random_singular_values, m)), fmt(fool.get(m)),
+                         fmt(self.fooling_isotropic)])
+        return rows
+
 
 def random_unit(n: int, d: int, *, generator: torch.Generator, device=None, dtype=torch.float32) -> torch.Tensor:
     v = torch.randn(n, d, generator=generator, device=generator.device, dtype=dtype).to(device)
     return v / v.norm(dim=1, keepdim=True)
-
-
-def fooling_rate(model, x: torch.Tensor, v: torch.Tensor, *, clip: bool = True, batch_size: int = 1024,
-                 pred: torch.Tensor | None = None) -> float:
-    """Fraction of samples whose predicted label changes when ``v`` (per sample, same number of elements as
-    ``x``) is added; ``pred``: the clean predictions when already known (saves a forward pass per call).
-    The per-sample form of :func:`georobust.attacks.universal.fooling`."""
-    return fooling(prepare(model, x[:1])[0], x, v.reshape(x.shape), pred=pred, clip=clip, batch_size=batch_size)[0]
 
 
 def _check_dims(dims, x) -> list[int]:
@@ -183,7 +234,9 @@ def _check_dims(dims, x) -> list[int]:
     return [int(m) for m in dims]
 
 
-@registry.analyses.register("normals")
+@registry.analyses.register(
+    "normals", summary="singular values of the boundary normals and the flat model's fooling rates",
+    plot="normal_spectrum", plot_file="normals.png")
 def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), eps: float | None = None,
                     seed: int = 0, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
                     clip: bool = False) -> NormalSpectrum:
@@ -199,8 +252,20 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
     """
     check_positive(seed, "seed", integer=True, allow_zero=True)
     dims = _check_dims(dims, x)
-    nr = boundary_normals(model, x, y, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
-    clf = prepare(model, x[:1])[0]
+    if eps is not None:
+        check_positive(eps, "eps")
+    p = prepare(model, x, y)
+    pe = p if x_eval is None else prepare(p.clf, x_eval)
+    return _normal_spectrum(p.clf, p.x, p.pred, pe.x, pe.pred, dims=dims, eps=eps, seed=seed, overshoot=overshoot,
+                            max_iter=max_iter, candidates=candidates, clip=clip)
+
+
+def _normal_spectrum(clf, x: torch.Tensor, pred: torch.Tensor, xe: torch.Tensor, pred_e: torch.Tensor, *,
+                     dims: list[int], eps: float | None, seed: int, overshoot: float, max_iter: int,
+                     candidates: int, clip: bool) -> NormalSpectrum:
+    """:func:`normal_spectrum` on inputs already validated: ``x`` (``pred`` its clean predictions) gives the
+    normals, ``xe`` (``pred_e``) the fooling rates."""
+    nr = _boundary_normals(clf, x, pred, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip)
     nm = nr.normals[nr.converged]
     if nm.shape[0] < 2:
         raise OptionError("fewer than two boundary normals were found; use more samples or a larger max_iter")
@@ -212,7 +277,6 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
     if eps is None:
         eps = 2.0 * float(nr.r_norm[nr.converged].median())
     check_positive(eps, "eps")
-    xe = x if x_eval is None else prepare(model, x_eval)[1]
     n_e = xe.shape[0]
     dropped = [m for m in dims if m > vh.shape[0]]
     if dropped:
@@ -220,14 +284,13 @@ def normal_spectrum(model, x, y=None, *, x_eval=None, dims=(1, 5, 10, 25, 50), e
                     "out; use more samples or a larger max_iter", nm.shape[0], x.shape[0], dropped)
     dims = [m for m in dims if m <= vh.shape[0]]
     fs = []
-    pred = predict(clf, xe)
     iso = random_unit(n_e, d, generator=gen, device=xe.device, dtype=xe.dtype) * eps
-    fi = fooling_rate(clf, xe, iso, pred=pred)
+    fi = fooling_rate(clf, xe, iso.reshape(xe.shape), pred=pred_e)
     for m in dims:
         z = torch.randn(n_e, m, generator=gen, dtype=torch.float64)
         v = (z @ vh[:m]).to(xe.device, xe.dtype)
         v = v / v.norm(dim=1, keepdim=True) * eps
-        fs.append(fooling_rate(clf, xe, v, pred=pred))
+        fs.append(fooling_rate(clf, xe, v.reshape(xe.shape), pred=pred_e))
     return NormalSpectrum(singular_values=s.float(), random_singular_values=s_rand.float(), basis=vh.float(),
                           dims=dims, eps=float(eps), fooling_subspace=fs, fooling_isotropic=fi,
                           n_normals=int(nm.shape[0]), n_eval=n_e)

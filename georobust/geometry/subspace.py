@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..core.ops import bcast
 from ..attacks.deepfool import deepfool_batch
 from ..checks import check_positive, predict, prepare
+from ..core.ops import bcast
 from ..errors import OptionError
 from ..results import Saveable
+from ._report import Report, median
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,23 @@ def subspace_deepfool(model, x, y=None, *, m: int, seed: int = 0, generator: tor
 
     ``basis`` (``(N, d, m)`` orthonormal) replaces the random draw. ``m = d`` is plain DeepFool.
     """
-    clf, x, y, _, _, _ = prepare(model, x, y)
-    n, d = x.shape[0], x[0].numel()
     check_positive(m, "m", integer=True)
+    p = prepare(model, x, y)
+    d = p.x[0].numel()
     if m > d:
         raise OptionError(f"m = {m} is larger than the input dimension d = {d}")
+    if basis is None and m < d and generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    return _subspace_deepfool(p.clf, p.x, m=m, generator=generator, overshoot=overshoot, max_iter=max_iter,
+                              candidates=candidates, clip=clip, basis=basis)
+
+
+def _subspace_deepfool(clf, x: torch.Tensor, *, m: int, generator: torch.Generator | None, overshoot: float,
+                       max_iter: int, candidates: int, clip: bool, basis: torch.Tensor | None = None):
+    """:func:`subspace_deepfool` on inputs already validated (``clf`` a validated classifier, ``1 <= m <= d``);
+    ``generator`` draws the bases when ``basis`` is ``None`` and ``m < d``."""
+    n, d = x.shape[0], x[0].numel()
     if basis is None and m < d:
-        if generator is None:
-            generator = torch.Generator().manual_seed(seed)
         basis = random_bases(n, d, m, generator=generator, device=x.device, dtype=x.dtype)
 
     def project(w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -72,7 +82,7 @@ def subspace_deepfool(model, x, y=None, *, m: int, seed: int = 0, generator: tor
 
 
 @dataclass
-class SubspaceRobustness(Saveable):
+class SubspaceRobustness(Saveable, Report):
     """``r_norm`` ``(N,)`` = ‖r*‖; ``r_sub`` ``(N, R)`` = ‖r*_S‖ per ratio ``m/d`` in ``ratios`` (``dims`` the m);
     ``converged`` ``(N, R)``; ``beta`` (mean over converged) and ``beta_median`` per ratio."""
 
@@ -86,6 +96,14 @@ class SubspaceRobustness(Saveable):
     beta: list
     beta_median: list
 
+    def summary(self) -> dict:
+        out = {"n": int(self.r_norm.numel()), "d": self.d, "converged_full": int(self.converged_full.sum()),
+               "median_r": median(self.r_norm, self.converged_full)}
+        for j, m in enumerate(self.dims):
+            out[f"beta_m{m}"] = self.beta[j]
+            out[f"beta_median_m{m}"] = self.beta_median[j]
+        return out
+
     def table(self) -> list[list[str]]:
         rows = [["m/d", "m", "mean β", "median β", "mean ‖r*_S‖/‖r*‖", "√(d/m)", "converged"]]
         for j, (q, m) in enumerate(zip(self.ratios, self.dims)):
@@ -96,7 +114,9 @@ class SubspaceRobustness(Saveable):
         return rows
 
 
-@registry.analyses.register("subspace")
+@registry.analyses.register(
+    "subspace", summary="β = √(m/d)·‖r*_S‖/‖r*‖: minimal perturbations in random subspaces",
+    plot="subspace_ratios", plot_file="subspace.png")
 def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 100), seed: int = 0,
                         overshoot: float = 0.02, max_iter: int = 100, candidates: int = 10,
                         clip: bool = False) -> SubspaceRobustness:
@@ -104,7 +124,8 @@ def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 
     nets). Each sample gets its own random subspace per ratio (seeded). Means/medians are over samples
     where both DeepFool runs reached the boundary."""
     check_positive(seed, "seed", integer=True, allow_zero=True)
-    clf, x, y, _, _, _ = prepare(model, x, y)
+    p = prepare(model, x, y)
+    clf, x = p.clf, p.x
     d = x[0].numel()
     dims = []
     for q in ratios:
@@ -116,13 +137,13 @@ def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 
                               f"use ratios >= {1 / d:.3g} (m = 1)")
         dims.append(round(q * d))
     gen = torch.Generator().manual_seed(seed)
-    r_full, conv_full, _ = subspace_deepfool(clf, x, y, m=d, overshoot=overshoot, max_iter=max_iter,
-                                             candidates=candidates, clip=clip)
+    r_full, conv_full, _ = _subspace_deepfool(clf, x, m=d, generator=None, overshoot=overshoot, max_iter=max_iter,
+                                              candidates=candidates, clip=clip)
     rn = r_full.flatten(1).norm(dim=1)
     subs, convs = [], []
     for m in dims:
-        r_s, c_s, _ = subspace_deepfool(clf, x, y, m=m, generator=gen, overshoot=overshoot, max_iter=max_iter,
-                                        candidates=candidates, clip=clip)
+        r_s, c_s, _ = _subspace_deepfool(clf, x, m=m, generator=gen, overshoot=overshoot, max_iter=max_iter,
+                                         candidates=candidates, clip=clip)
         subs.append(r_s.flatten(1).norm(dim=1))
         convs.append(c_s)
     r_sub, conv = torch.stack(subs, 1), torch.stack(convs, 1)
@@ -137,7 +158,7 @@ def subspace_robustness(model, x, y=None, *, ratios=(1 / 4, 1 / 16, 1 / 49, 1 / 
 
 
 @dataclass
-class NoiseRobustness(Saveable):
+class NoiseRobustness(Saveable, Report):
     """Per direction (``N·directions`` rows, sample-major): ``r_noise`` the smallest ``|t|`` at which the label
     changes along ``±v`` (``inf`` where it never does inside the search range), ``t_max`` that range."""
 
@@ -156,8 +177,15 @@ class NoiseRobustness(Saveable):
         """Fraction of directions along which the label never changes inside the search range."""
         return float((~self.crossed).double().mean())
 
+    def summary(self) -> dict:
+        return {"n": int(self.sample.unique().numel()), "directions": self.directions, "bounded": self.bounded,
+                "never_crossed": self.never_crossed, "median_r_noise": median(self.r_noise, self.crossed),
+                "median_t_max": median(self.t_max)}
 
-@registry.analyses.register("random-noise")
+
+@registry.analyses.register(
+    "random-noise", summary="robustness to random noise: the distance to the boundary along random lines",
+    plot=None, plot_file=None)
 def noise_robustness(model, x, y=None, *, directions: int = 1, seed: int = 0, bounded: bool = True,
                      max_norm: float | None = None, grid: int = 32, bisection: int = 20,
                      batch_size: int = 4096) -> NoiseRobustness:
@@ -168,7 +196,8 @@ def noise_robustness(model, x, y=None, *, directions: int = 1, seed: int = 0, bo
     check_positive(directions, "directions", integer=True)
     check_positive(grid, "grid", integer=True)
     check_positive(bisection, "bisection", integer=True, allow_zero=True)
-    clf, x, y, _, _, pred = prepare(model, x, y)
+    p = prepare(model, x, y)
+    clf, x, pred = p.clf, p.x, p.pred
     lo, hi = clf.bounds
     n, d = x.shape[0], x[0].numel()
     gen = torch.Generator().manual_seed(seed)

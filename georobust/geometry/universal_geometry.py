@@ -34,13 +34,14 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..attacks.universal import fooling
-from ..checks import check_positive, predict, prepare
+from ..checks import check_positive, prepare
 from ..errors import InputError, OptionError
-from ..results import UniversalResult, Saveable
+from ..evaluation.metrics import fooling_rate
+from ..results import Saveable, UniversalResult
+from ._report import Report, fmt
 from .curvature import smoothed
 from .hessian import averaged_hvp, lanczos, logit_diff_fn
-from .normals import boundary_points, unit_normals
+from .normals import _boundary_points, unit_normals
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ KINDS = ("random", "flat", "curved", "uap")
 
 
 @dataclass
-class UniversalGeometry(Saveable):
+class UniversalGeometry(Saveable, Report):
     """Fooling rates at L2 norm ``xi`` of the four perturbations (``fooling[kind]``, kinds in :data:`KINDS`),
     the singular values of the normal matrix, the top eigenvalues of the averaged boundary Hessian, and the
     subspaces used (``flat_basis`` ``(m_flat, d)``, ``curved_basis`` ``(m_curved, d)``)."""
@@ -71,6 +72,14 @@ class UniversalGeometry(Saveable):
                 "m_curved": self.m_curved, "n_points": self.n_points, "n_eval": self.n_eval,
                 "softplus_beta": self.softplus_beta, "elapsed": self.elapsed}
 
+    def table(self) -> list[list[str]]:
+        """The fooling rate at ``‖v‖₂ = ξ`` of each perturbation (the paper's ordering is top to bottom)."""
+        return [["perturbation", "fooling rate"]] + [[k, fmt(self.fooling[k])] for k in KINDS if k in self.fooling]
+
+    def plot_data(self, label: str) -> dict:
+        """:func:`georobust.plots.universal_comparison` takes the fooling rates per model."""
+        return {label: dict(self.fooling)}
+
 
 def _random_in_span(basis: torch.Tensor | None, n: int, d: int, xi: float, g: torch.Generator,
                     like: torch.Tensor) -> torch.Tensor:
@@ -83,7 +92,9 @@ def _random_in_span(basis: torch.Tensor | None, n: int, d: int, xi: float, g: to
     return z.to(like.device, like.dtype).reshape(n, *like.shape[1:])
 
 
-@registry.analyses.register("universal-geometry")
+@registry.analyses.register(
+    "universal-geometry", summary="random, flat, curved and universal perturbations compared at equal L2 norm",
+    plot="universal_comparison", plot_file="universal_comparison.png")
 def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=None, m_flat: int = 10,
                        m_curved: int = 10, softplus_beta: float | None = 10.0, lanczos_steps: int | None = None,
                        overshoot: float = 0.02, max_iter: int = 50, clip: bool = True, seed: int = 0,
@@ -109,14 +120,16 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     check_positive(m_curved, "m_curved", integer=True)
     check_positive(seed, "seed", integer=True, allow_zero=True)
     check_positive(hvp_batch, "hvp_batch", integer=True)
-    clf, x, _, _, _, _ = prepare(model, x)
+    p = prepare(model, x)
+    clf, x = p.clf, p.x
     d0 = x[0].numel()
     if m_flat > min(x.shape[0], d0):
         raise OptionError(f"m_flat = {m_flat} exceeds min(N, d) = {min(x.shape[0], d0)}: {x.shape[0]} images give at "
                           f"most that many independent boundary normals; use a smaller m_flat or more images")
     if m_curved > d0:
         raise OptionError(f"m_curved = {m_curved} exceeds the input dimension d = {d0}; use m_curved <= {d0}")
-    xe = x if x_eval is None else prepare(clf, x_eval)[1]
+    pe = p if x_eval is None else prepare(clf, x_eval)
+    xe, pred = pe.x, pe.pred
     v = None
     if uap is not None:
         v = uap.v if isinstance(uap, UniversalResult) else uap
@@ -132,7 +145,7 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     check_positive(xi, "xi")
     t0 = time.perf_counter()
     d = x[0].numel()
-    bp = boundary_points(clf, x, overshoot=overshoot, max_iter=max_iter)
+    bp = _boundary_points(clf, x, p.pred, overshoot=overshoot, max_iter=max_iter)
     ok = bp.converged
     if int(ok.sum()) < 2:
         raise OptionError("fewer than two boundary points were found; use more images or a larger max_iter")
@@ -154,12 +167,11 @@ def universal_geometry(model, x, *, uap=None, xi: float | None = None, x_eval=No
     curved = eig.vectors[0]
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_e = xe.shape[0]
-    pred = predict(clf, xe)
     fool = {}
     for kind, basis in (("random", None), ("flat", flat), ("curved", curved)):
-        fool[kind] = fooling(clf, xe, _random_in_span(basis, n_e, d, xi, g, xe), pred=pred, clip=clip)[0]
+        fool[kind] = fooling_rate(clf, xe, _random_in_span(basis, n_e, d, xi, g, xe), pred=pred, clip=clip)
     if v is not None:
-        fool["uap"] = fooling(clf, xe, v / v.norm() * xi, pred=pred, clip=clip)[0]
+        fool["uap"] = fooling_rate(clf, xe, v / v.norm() * xi, pred=pred, clip=clip)
     out = UniversalGeometry(xi=float(xi), fooling=fool, m_flat=mf, m_curved=int(curved.shape[0]),
                             normal_singular_values=s.float().cpu(), hessian_eigenvalues=eig.values[0].cpu(),
                             flat_basis=flat.cpu(), curved_basis=curved.cpu(), n_points=int(ok.sum()), n_eval=n_e,
