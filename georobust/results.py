@@ -453,7 +453,9 @@ def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
     """Re-run ``model`` on ``x_adv``; return ``(prediction, success)`` judged by ``task``.
 
     A model with a ``reject_class`` (a defended model, :class:`georobust.defenses.Defended`) abstains on the
-    inputs predicted as that class: they are never a success (a detected adversarial example is a failure)."""
+    inputs predicted as that class: they are never a success (a detected adversarial example is a failure);
+    nor, untargeted, is an input whose label is the reject class (no labels given and the clean input was
+    rejected: there is no class to move it away from)."""
     tk = get_task(task)
     if tk.name == "classification":
         from .checks import predict
@@ -466,6 +468,8 @@ def verify(model, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
     reject = getattr(model, "reject_class", None)
     if reject is not None and tk.name == "classification":
         success = success & (label_adv != reject)
+        if target is None:
+            success = success & (y != reject)
     return label_adv, success
 
 
