@@ -4,6 +4,7 @@ Every submodule not starting with ``_`` is imported here (registering its object
 """
 
 from ..core.autoload import import_submodules
+from .defended import BPDA, EOT, Defended, Detector, Projection, Quantize, RandomNoise
 from .objectives import (
                          Adversarial,
                          Cure,
@@ -20,4 +21,5 @@ from .train import History, fit
 MODULES = import_submodules(__name__, __path__)
 
 __all__ = ["fit", "History", "Objective", "Standard", "Adversarial", "FastAdversarial", "Cure", "LocalLinearity",
-           "Margin", "inner_max", "make_objective"]
+           "Margin", "inner_max", "make_objective",
+           "Detector", "Projection", "Quantize", "RandomNoise", "Defended", "BPDA", "EOT"]
