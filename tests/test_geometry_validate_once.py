@@ -15,8 +15,16 @@ from torch import nn
 import georobust.checks as checks
 import georobust.geometry as geometry
 from georobust import Classifier, plots, registry
-from georobust.geometry import (boundary_curvature, boundary_normals, cross_section, curvature_profile,
-                                noise_robustness, normal_spectrum, subspace_robustness, universal_geometry)
+from georobust.geometry import (
+    boundary_curvature,
+    boundary_normals,
+    cross_section,
+    curvature_profile,
+    noise_robustness,
+    normal_spectrum,
+    subspace_robustness,
+    universal_geometry,
+)
 from georobust.geometry.normals import boundary_points
 from georobust.geometry.subspace import subspace_deepfool
 
@@ -156,6 +164,8 @@ def test_registered_analysis_presents_itself(tmp_path, toy, name):
     rows = res.table()
     assert len(rows) >= 2 and all(isinstance(c, str) for r in rows for c in r)
     assert all(len(r) == len(rows[0]) for r in rows), rows
+    again = type(res).load(res.save(tmp_path / name))  # the summary is saved with the result
+    assert again.table() == rows
     if entry.extra["plot"] is None:
         assert entry.extra["plot_file"] is None
         return
