@@ -1,11 +1,20 @@
 """The ``georobust`` command: a thin layer over the library (typer + rich).
 
 Every command starts the same way (:func:`_start`): the shared options (model, data, split, limit, root, data
-options, device, seed, verbose, logits — defined once in :data:`SHARED` and added to each command by
-:func:`shared`) are checked, every output location is checked for writing, and only then are the data and the
-model loaded and checked against each other — all before any work. A georobust error is shown as one line and
-the command exits with status 2 (never a traceback). Warnings of a result or an evaluation are printed in
-yellow on stderr. Long work shows a progress bar on a terminal and one log line every 10% or 10 s otherwise.
+options, device, seed, verbose, logits — defined once in :data:`SHARED`, with the standard defaults of
+:data:`STANDARD`, and added to each command by :func:`shared`) are checked, every output location is checked
+for writing, and only then are the data and the model loaded and checked against each other — all before any
+work. A georobust error is shown as one line and the command exits with status 2 (never a traceback).
+Warnings of a result or an evaluation are printed in yellow on stderr. Long work shows a progress bar on a
+terminal and one log line every 10% or 10 s otherwise.
+
+Names come from the registries (:mod:`georobust.registry`), and the commands dispatch on what an entry
+declares, never on its name: ``georobust attack NAME`` exists for every per-sample attack (its threat model
+decides whether it runs at all, how progress is counted and whether a run may be chunked — ``chunking``),
+and ``georobust analyse NAME`` for every registered analysis (its own command where it has tables and figures
+of its own, else a generic one: options from the function's signature, its result's ``table()`` or
+``summary()``, the figure its entry names in ``extra["plot"]``). One option parser for ``-o``/``-O``/``-D``:
+:mod:`georobust.core.options`.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from typer.core import TyperGroup, TyperOption
 
 from . import __version__, registry
 from . import data as gdata
+from .core.options import parse_assignments
 from .errors import GeorobustError, InputError, OptionError, OutputError
 from .storage import ensure_writable
 
@@ -75,17 +85,6 @@ MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or package.module:factory (the 
 def _print_error(e: BaseException) -> None:
     msg = " ".join(str(e).split())  # one line, whatever the message
     err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True, markup=True)
-
-
-def _handle_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except GeorobustError as e:
-            _print_error(e)
-            raise typer.Exit(2) from None
-    return wrapper
 
 
 _SHOWN: set[str] = set()
@@ -210,31 +209,6 @@ class Reporter:
 
 
 # ------------------------------------------------------------------------------------- small parsers
-def _parse_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        low = v.lower()
-        if low in ("none", "null"):
-            return None
-        if low in ("true", "false"):
-            return low == "true"
-        return v
-
-
-def _parse_options(opts: list[str] | None, what: str = "option") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for o in opts or []:
-        if "=" not in o:
-            raise OptionError(f"{what} {o!r} must look like key=value")
-        k, v = o.split("=", 1)
-        k = k.strip().replace("-", "_")
-        if k in out:
-            raise OptionError(f"{what} {k!r} is given twice; give it once")
-        out[k] = _parse_value(v.strip())
-    return out
-
-
 def _floats(s: str | None, what: str = "value") -> list[float] | None:
     if s is None:
         return None
@@ -328,23 +302,39 @@ SHARED: dict[str, tuple[Any, Any]] = {
 }
 
 
-def shared(**defaults):
-    """Add the shared options named in ``defaults`` (with those defaults) to a command.
+#: the standard default of each shared option; a command overrides some (``@shared(limit=50)``)
+STANDARD: dict[str, Any] = dict(model="zoo:mlp-digits", data="digits", split="test", limit=None, root=None,
+                                data_option=None, device="cpu", seed=0, verbose=False, logits=None)
+
+
+def shared(*names: str, omit: tuple[str, ...] = (), **defaults):
+    """Add the shared options to a command: ``names`` (default: every option of :data:`SHARED`) less ``omit``,
+    each with its :data:`STANDARD` default unless ``defaults`` gives the command's own.
 
     The command is written as ``def cmd(s: Shared, <own options>)``; the wrapper typer sees takes the own
-    options plus the shared ones and calls ``cmd(Shared(...), **own)``, with georobust errors as one line.
+    options plus the shared ones and calls ``cmd(Shared(...), **own)``, with georobust errors as one line
+    (exit status 2). The command then begins with :func:`_start`.
     """
+    chosen = [n for n in (names or SHARED) if n not in omit]
+    unknown = (set(names) | set(omit) | set(defaults)) - set(SHARED)
+    if unknown:
+        raise OptionError(f"shared(): no shared option {sorted(unknown)}; the shared options are {list(SHARED)}")
+    if set(defaults) - set(chosen):
+        raise OptionError(f"shared(): defaults given for options the command leaves out: "
+                          f"{sorted(set(defaults) - set(chosen))}")
+    values = {n: defaults.get(n, STANDARD[n]) for n in chosen}
+
     def deco(fn):
         hints = typing.get_type_hints(fn)
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in list(inspect.signature(fn).parameters.values())[1:]]
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=SHARED[n][1](d),
-                                   annotation=SHARED[n][0]) for n, d in defaults.items()]
+                                   annotation=SHARED[n][0]) for n, d in values.items()]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
 
         @functools.wraps(fn)
         def wrapper(**kw):
-            s = Shared(**{n: kw.pop(n) for n in defaults})
+            s = Shared(**{n: kw.pop(n) for n in values})
             s.data_option = list(s.data_option or [])
             try:
                 return fn(s, **kw)
@@ -381,7 +371,7 @@ def _device(name: str) -> torch.device:
 
 
 def _data_options(s: Shared) -> dict[str, Any]:
-    opts = _parse_options(s.data_option, "data option (-D)")
+    opts = parse_assignments(s.data_option, "data option (-D)")
     if s.root is not None:
         if "root" in opts and str(opts["root"]) != s.root:
             raise OptionError(f"--root {s.root} and -D root={opts['root']} both given; give the root once")
@@ -435,11 +425,32 @@ def _check_fits(clf, x: torch.Tensor, s: Shared, num_classes: int | None) -> Non
 
 @dataclass
 class Run:
+    """What :func:`_start` prepared for a command: the shared options, the device, the checked data options,
+    the data (``x``, ``y``: the ``--split``, first ``--limit`` samples) and the model."""
+
     s: Shared
     dev: torch.device
+    data_options: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
     clf: Any = None
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
+
+    def load(self, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Another split of the command's data set (same data options), on the device."""
+        x, y = gdata.load(self.s.data, split=split, limit=limit, **self.data_options)
+        return x.to(self.dev), y.to(self.dev)
+
+    def load_model(self, spec: str):
+        """The model ``spec`` on the device, checked against the data (:func:`_check_fits`)."""
+        clf = _load_model(spec, self.dev, self.s.logits)
+        if self.x is not None:
+            self.check_fits(clf)
+        return clf
+
+    def check_fits(self, clf, num_classes: int | None = None) -> None:
+        """``clf`` takes the data and has enough classes (``num_classes``, default the data set's)."""
+        _check_fits(clf, self.x, self.s, num_classes or self.num_classes)
 
 
 def _setup(s: Shared) -> torch.device:
@@ -462,19 +473,19 @@ def _num_classes(s: Shared, data_opts: dict) -> int | None:
 
 def _start(s: Shared, *, model: bool = True, data: bool = True, check_outputs=None) -> Run:
     """How every command begins, before any work: seed and logging, the device, the data options, the outputs
-    (``check_outputs()``), then the data, the model, and whether they fit each other."""
+    (``check_outputs()``), then the data, the model (``--model``), and whether they fit each other. A command
+    that needs more data (another split) or another model asks the :class:`Run` (``run.load``,
+    ``run.load_model``), with the same data options and checks."""
     dev = _setup(s)
     opts = _data_options(s) if data else {}
     if check_outputs is not None:
         check_outputs()
-    run = Run(s, dev)
+    run = Run(s, dev, opts)
     if data:
-        x, y = gdata.load(s.data, split=s.split or "test", limit=s.limit, **opts)
-        run.x, run.y = x.to(dev), y.to(dev)
+        run.x, run.y = run.load(s.split or "test", s.limit)
+        run.num_classes = _num_classes(s, opts)
     if model:
-        run.clf = _load_model(s.model, dev, s.logits)
-        if data:
-            _check_fits(run.clf, run.x, s, _num_classes(s, opts))
+        run.clf = run.load_model(s.model)
     return run
 
 
@@ -505,22 +516,20 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 zoo_app = typer.Typer(help="Architectures and shipped models.", no_args_is_help=True)
-analyse_app = typer.Typer(help="Decision-boundary geometry: curvature, cross-sections, subspaces, normals.",
-                          no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(zoo_app, name="zoo")
-app.add_typer(analyse_app, name="analyse")
 
 
 # ---------------------------------------------------------------------------------------------- data
 @data_app.command("list")
-@_handle_errors
-def data_list():
+@shared("verbose")
+def data_list(s: Shared):
     """Each data set, whether it is available here, and its shape."""
+    _start(s, model=False, data=False)
     rows = [["name", "available", "shape", "classes", "train/test", "description"]]
     for d in gdata.datasets():
         rows.append([d.name, "yes" if d.available else "no", "×".join(map(str, d.shape)) or "any",
-                     str(d.num_classes or "any"), "/".join(str(d.sizes.get(s, "-")) for s in ("train", "test")),
+                     str(d.num_classes or "any"), "/".join(str(d.sizes.get(sp, "-")) for sp in ("train", "test")),
                      d.description])
     _print_table("data sets", rows)
     if not gdata.info("fashion-mnist").available:
@@ -529,9 +538,10 @@ def data_list():
 
 # ----------------------------------------------------------------------------------------------- zoo
 @zoo_app.command("list")
-@_handle_errors
-def zoo_list():
+@shared("verbose")
+def zoo_list(s: Shared):
     """Architectures that can be built by name, and the shipped pretrained models."""
+    _start(s, model=False, data=False)
     from .models import manifest
 
     console.print("architectures: " + ", ".join(registry.architectures.names()))
@@ -545,12 +555,8 @@ def zoo_list():
 
 
 # --------------------------------------------------------------------------------------------- train
-def _accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 @app.command()
-@shared(data="digits", limit=None, root=None, data_option=None, device="cpu", seed=0, verbose=False)
+@shared(omit=("model", "split", "logits"))  # the model is built (--arch) or --init; it trains on the train split
 def train(
     s: Shared,
     out: Path = typer.Option(..., help="output .safetensors file (a .json with metadata goes beside it)"),
@@ -571,7 +577,7 @@ def train(
 ):
     """Train a zoo architecture on a data set; write safetensors weights and a metadata JSON."""
     from .defenses import fit
-    from .models import Classifier, build, load_model, save_weights
+    from .models import Classifier, build, save_weights
 
     if not init and not arch:
         raise OptionError("train needs --arch (georobust zoo list), or --init to fine-tune a model")
@@ -582,8 +588,8 @@ def train(
     if out.suffix != ".safetensors":
         raise OptionError(f"--out {out}: weights are written as safetensors; name the file "
                           f"{out.with_suffix('.safetensors') if out.suffix else str(out) + '.safetensors'}")
-    opts = _parse_options(objective_option, "objective option (-O)")
-    registry.objectives.get(objective)
+    opts = registry.objectives.get(objective).check_options(
+        parse_assignments(objective_option, "objective option (-O)"))
     s.split = "train"
 
     def outputs():
@@ -599,11 +605,11 @@ def train(
 
     run = _start(s, model=False, check_outputs=outputs)
     dev, x, y = run.dev, run.x, run.y
-    xt, yt = gdata.load(s.data, split="test", **_data_options(s))
-    info = gdata.info(s.data, **{k: v for k, v in _data_options(s).items() if k == "root"})
-    num_classes = info.num_classes or int(torch.cat([y, yt.to(dev)]).max()) + 1
+    xt, yt = run.load("test")
+    num_classes = run.num_classes or int(torch.cat([y, yt]).max()) + 1
     if init:
-        model = load_model(init, dev)
+        s.model = init
+        model = _load_model(init, dev, None)
         meta = getattr(model, "metadata", None)
         if not meta or "arch" not in meta:
             raise OptionError(f"--init {init}: only zoo:NAME or a .safetensors file written by georobust train can "
@@ -613,8 +619,7 @@ def train(
                               f"model with its own architecture; drop --arch to fine-tune, or drop --init to train "
                               f"a new {arch}")
         arch = meta["arch"]
-        s.model = init
-        _check_fits(model, x, s, num_classes)
+        run.check_fits(model, num_classes)
     else:
         try:
             module = build(arch, tuple(x.shape[1:]), num_classes, seed=s.seed)
@@ -625,13 +630,7 @@ def train(
                              f"{str(e).splitlines()[0]}") from None
         model = Classifier(module, name=out.stem).to(dev)
     steps = (x.shape[0] + batch_size - 1) // batch_size
-    kw = {}
-    if checkpoint_dir is not None and overwrite:
-        if _accepts(fit, "overwrite"):
-            kw["overwrite"] = True
-        else:  # an older fit: clear the earlier run's files ourselves
-            for p in _checkpoint_files(checkpoint_dir):
-                p.unlink(missing_ok=True)
+    kw = {"overwrite": True} if checkpoint_dir is not None and overwrite else {}
     t0 = time.perf_counter()
     with Reporter("epoch 1", steps, unit="batches") as rep:
         def on_step(epoch, step, total, terms):
@@ -639,7 +638,7 @@ def train(
                        info=" ".join(f"{k}={v:.3f}" for k, v in terms.items()))
         hist = fit(model, (x, y), objective, epochs=epochs, optimizer=optimizer, lr=lr, schedule=schedule,
                    weight_decay=weight_decay, batch_size=batch_size, seed=s.seed, checkpoint_dir=checkpoint_dir,
-                   resume=resume, eval_data=(xt.to(dev), yt.to(dev)), robust_eps=robust_eps,
+                   resume=resume, eval_data=(xt, yt), robust_eps=robust_eps,
                    objective_options=opts, on_step=on_step, **kw)
     seconds = time.perf_counter() - t0
     total_seconds = hist.train_seconds  # fit's count, across resumes
@@ -662,20 +661,13 @@ def train(
 
 def _checkpoint_files(d: Path) -> list[Path]:
     """The files of a training checkpoint in ``d`` (empty: none)."""
-    try:
-        from .defenses.train import checkpoint_files
-    except ImportError:  # a fit without checkpoint manifests
-        return [p for p in (d / "checkpoint.pt", d / "log.jsonl") if p.exists()]
+    from .defenses.train import checkpoint_files
+
     return list(checkpoint_files(d))
 
 
 # -------------------------------------------------------------------------------------------- attack
-#: attacks whose samples are processed in batches of ``batch_size`` by position, nothing shared between
-#: batches: running them in chunks of ``batch_size`` samples is the same computation
-_CHUNK_BY_POSITION = {"deepfool", "fgsm", "sparsefool"}
-#: attacks whose batches are formed over the samples still to attack (correctly classified, untargeted),
-#: in order; PGD's random start comes from one generator drawn batch after batch
-_CHUNK_BY_REMAINING = {"pgd", "lbfgs"}
+#: attack options that also have their own flag (``--eps``, ``--norm``, ``--target``)
 _CLI_SET = ("eps", "norm", "target")
 
 
@@ -699,31 +691,50 @@ def _doc_args(fn) -> dict[str, str]:
     return out
 
 
-#: papers of attacks whose docstring's first paragraph does not cite one
-_PAPERS = {"fgsm": "Goodfellow et al., ICLR 2015"}
+_CITATION = re.compile(r"\(([^()]*?\b(?:19|20)\d\d)\b[^()]*\)")
 
 
 def _paper(entry) -> str:
-    first = " ".join((inspect.getdoc(entry.fn) or "").split("\n\n")[0].split())
-    m = re.search(r"\(([^()]*?\b(?:19|20)\d\d)\b[^()]*\)", first)
-    return m.group(1) if m else _PAPERS.get(entry.name, "—")
+    """The paper of an entry: the first ``(Authors, VENUE YEAR)`` in its function's docstring's first paragraph,
+    else in its module's (a full reference there, ``(Author, Other & Other, "Title", VENUE YEAR)``, is
+    shortened to ``Author et al., VENUE YEAR``); ``—`` when neither cites one."""
+    m = _CITATION.search(" ".join((inspect.getdoc(entry.fn) or "").split("\n\n")[0].split()))
+    if m:
+        return m.group(1)
+    module = sys.modules.get(getattr(entry.fn, "__module__", ""), None)
+    m = _CITATION.search(" ".join((inspect.getdoc(module) or "").split("\n\n")[0].split()))
+    if not m:
+        return "—"
+    parts = [p.strip() for p in m.group(1).split(",")]
+    if len(parts) > 2 and any('"' in p for p in parts):  # authors, title, venue: the short form
+        return f"{parts[0]} et al., {parts[-1]}"
+    return m.group(1)
 
 
 def _what(entry) -> str:
     return re.sub(r"\s*\([^()]*\)", "", entry.summary).replace("``", "").strip()
 
 
-def _attack_help(entry) -> str:
-    first = " ".join((inspect.getdoc(entry.fn) or entry.summary).split("\n\n")[0].split()).replace("``", "")
+def _first_paragraph(entry) -> str:
+    return " ".join((inspect.getdoc(entry.fn) or entry.summary).split("\n\n")[0].split()).replace("``", "")
+
+
+def _options_help(entry) -> str:
+    """One line per option of a registry entry: name, default (or ``required``), its docstring description."""
     desc = {k: v.replace("``", "") for k, v in _doc_args(entry.fn).items()}
-    lines = [first, "",
-             f"threat model: {entry.threat}; norms: {', '.join(entry.norms)}; paper: {_paper(entry)}", "",
-             "Attack options (-o KEY=VALUE; eps, norm, target also as --eps, --norm, --target):", ""]
+    lines = []
     for n, p in entry.options().items():
         default = "required" if p.default is inspect.Parameter.empty else f"default {p.default!r}"
         text = desc.get(n, "")
         lines.append(f"  {n} ({default}){': ' + text if text else ''}")
-    return "\n\n".join(["\n".join(lines[:1]), lines[2], lines[4], "\n".join(lines[6:])])
+    return "\n".join(lines)
+
+
+def _attack_help(entry) -> str:
+    return "\n\n".join([_first_paragraph(entry),
+                         f"threat model: {entry.threat}; norms: {', '.join(entry.norms)}; paper: {_paper(entry)}",
+                         "Attack options (-o KEY=VALUE; eps, norm, target also as --eps, --norm, --target):",
+                         _options_help(entry)])
 
 
 class AttackGroup(TyperGroup):
@@ -751,20 +762,20 @@ app.add_typer(attack_app, name="attack")
 
 @attack_app.callback()
 def _attack_main(ctx: typer.Context,
-                 list_: bool = typer.Option(False, "--list", help="list the attacks: kind, norms, paper")):
+                 list_: bool = typer.Option(False, "--list", help="list the attacks: threat model, norms, paper")):
     if list_:
-        rows = [["attack", "kind", "norms", "paper", "what"]]
+        rows = [["attack", "threat model", "norms", "paper", "what"]]
         for n in registry.attacks.names():
             e = registry.attacks.get(n)
             rows.append([n, e.threat, ", ".join(e.norms), _paper(e),
-                         _what(e) + (" (run with georobust universal)" if e.threat == "universal" else "")])
+                         _what(e) + (" (run with georobust universal)" if not e.threat_model.per_sample else "")])
         _print_table("attacks", rows)
         raise typer.Exit()
 
 
 def _attack_entry(name: str):
     entry = registry.attacks.get(name)
-    if entry.threat == "universal":
+    if not entry.threat_model.per_sample:  # one perturbation for a whole data set
         raise OptionError(f"{name!r} computes one perturbation for a whole data set: run `georobust universal` "
                           "(checkpointed passes, fooling rates, figures)")
     return entry
@@ -772,14 +783,14 @@ def _attack_entry(name: str):
 
 def attack_options(entry, *, eps=None, norm=None, target=None, option=None) -> dict[str, Any]:
     """The keyword options of one attack run from the command line, checked before any work."""
-    opts = _parse_options(option, "attack option (-o)")
+    opts = parse_assignments(option, "attack option (-o)")
     for key, val in (("eps", eps), ("norm", norm), ("target", target)):
         if val is None:
             continue
         if key in opts:
             raise OptionError(f"--{key} {val} and -o {key}={opts[key]} both given; give {key} once")
         opts[key] = val
-    entry.check_options(opts)
+    opts = entry.check_options(opts)  # names checked, text values converted to each option's type
     if "norm" in opts and str(opts["norm"]) not in entry.norms:
         raise OptionError(f"{entry.name} supports --norm {' or '.join(entry.norms)}, not {opts['norm']}")
     for n, p in entry.options().items():
@@ -799,12 +810,15 @@ def _batch_size(entry, opts) -> int:
 
 
 def _chunks(entry, clf, x, y, opts) -> list[slice] | None:
-    """Sample ranges that make a chunked run the same computation as one call, or ``None`` (not chunkable)."""
+    """Sample ranges that make a chunked run the same computation as one call, or ``None`` (not chunkable),
+    from the entry's ``chunking`` (:mod:`georobust.registry`): ``"position"``, batches of ``batch_size`` in
+    order; ``"remaining"``, batches formed over the samples still to attack (correctly classified when
+    untargeted), so a chunk starts at every ``batch_size``-th of them."""
     n = x.shape[0]
-    if entry.name not in _CHUNK_BY_POSITION | _CHUNK_BY_REMAINING or "batch_size" not in entry.options():
+    if entry.chunking is None or "batch_size" not in entry.options():
         return None
     bs = _batch_size(entry, opts)
-    if entry.name in _CHUNK_BY_POSITION:
+    if entry.chunking == "position":  # each sample's answer is its own: chunks of batch_size by position
         return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
     if y is None or opts.get("target") is not None:
         todo = torch.arange(n)
@@ -817,7 +831,7 @@ def _chunks(entry, clf, x, y, opts) -> list[slice] | None:
 
 
 def run_attack(entry, clf, x, y, opts: dict[str, Any], *, seed: int = 0, reporter: Reporter | None = None):
-    """Run ``entry`` on ``(x, y)``, in chunks when that is the same computation (see :data:`_CHUNK_BY_POSITION`),
+    """Run ``entry`` on ``(x, y)``, in chunks when that is the same computation (see :func:`_chunks`),
     reporting samples done; the chunks' results are merged with :meth:`AttackResult.concat`."""
     from .results import AttackResult
 
@@ -874,8 +888,7 @@ def _make_attack_command(name: str):
     entry = registry.attacks.get(name)
     norms = "|".join(entry.norms)
 
-    @shared(model="zoo:mlp-digits", data="digits", split="test", limit=100, root=None, data_option=None,
-            device="cpu", seed=0, verbose=False, logits=None)
+    @shared(limit=100)
     def cmd(
         s: Shared,
         eps: Optional[float] = typer.Option(None, "--eps", help="budget of a bounded attack (required by pgd; "
@@ -928,7 +941,7 @@ def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> 
 
 
 for _name in registry.attacks.names():
-    if registry.attacks.get(_name).threat != "universal":
+    if registry.attacks.get(_name).threat_model.per_sample:
         _make_attack_command(_name)
 
 
@@ -950,7 +963,7 @@ def _eval_options(option: list[str] | None, names: list[str]) -> dict[str, dict[
         if a not in names:
             raise OptionError(f"option {o!r} is for attack {a!r}, which this evaluation does not run "
                               f"(attacks: {', '.join(names)}); add it to --attacks or drop the option")
-        kv = _parse_options([rest], f"option of {a} (-o)")
+        kv = parse_assignments([rest], f"option of {a} (-o)")
         for k in kv:
             if k in ("eps", "norm"):
                 raise OptionError(f"option {o!r}: evaluate sets {k} itself; use --{k}")
@@ -958,13 +971,12 @@ def _eval_options(option: list[str] | None, names: list[str]) -> dict[str, dict[
                 raise OptionError(f"option {a}.{k} is given twice; give it once")
         out[a].update(kv)
     for a, kv in out.items():
-        registry.attacks.get(a).check_options(kv)
+        out[a] = registry.attacks.get(a).check_options(kv)
     return out
 
 
 @app.command()
-@shared(model="zoo:mlp-digits", data="digits", split="test", limit=500, root=None, data_option=None, device="cpu",
-        seed=0, verbose=False, logits=None)
+@shared(limit=500)
 def evaluate(
     s: Shared,
     attacks: Optional[str] = typer.Option(None, help="comma-separated attack names (default: fgsm, pgd, deepfool "
@@ -1024,8 +1036,46 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------- analyse
-_ANALYSIS = dict(model="zoo:mlp-digits", data="digits", split="test", root=None, data_option=None, device="cpu",
-                 seed=0, verbose=False, logits=None)
+class AnalyseGroup(TyperGroup):
+    """``georobust analyse NAME``: one sub-command per registered analysis (``registry.analyses``); an unknown
+    name is a one-line error with a suggestion."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and name not in self.commands:
+            try:
+                registry.analyses.get(name)
+                raise OptionError(f"analysis {name!r} is registered after the command line was built; "
+                                  "import its module before georobust.cli")
+            except GeorobustError as e:
+                _print_error(e)
+                ctx.exit(2)
+        return super().resolve_command(ctx, args)
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+analyse_app = typer.Typer(cls=AnalyseGroup, no_args_is_help=True,
+                          help="Decision-boundary geometry: one command per registered analysis; "
+                               "georobust analyse NAME --help shows its options, outputs and paper.")
+app.add_typer(analyse_app, name="analyse")
+
+
+def _analysis(name: str, **defaults):
+    """``georobust analyse NAME`` for the registered analysis ``name`` written as its own command (its tables,
+    figures and options), with the shared options (``defaults``: the command's own, e.g. its ``--limit``).
+    The command finds its functions in the registry (``registry.analyses.get(...).fn``)."""
+    registry.analyses.get(name)  # a command for an analysis that is not registered fails at import
+
+    def deco(fn):
+        analyse_app.command(name)(shared(**defaults)(fn))
+        return fn
+    return deco
+
+
+def _analysis_fn(name: str):
+    return registry.analyses.get(name).fn
 
 
 def _stages(rep: Reporter, stages: list[tuple[str, Any]]) -> list[Any]:
@@ -1064,8 +1114,7 @@ def per_sample_chunks(fn, clf, x, *, reporter: Reporter | None = None, done: int
     return type(parts[0])(**merged)
 
 
-@analyse_app.command("curvature")
-@shared(limit=50, **_ANALYSIS)
+@_analysis("curvature", limit=50)
 def analyse_curvature(
     s: Shared,
     k: int = typer.Option(5, help="eigenvalues per end of the spectrum"),
@@ -1074,7 +1123,8 @@ def analyse_curvature(
 ):
     """Curvature profile of the loss and principal curvatures of the boundary at the DeepFool point."""
     from . import plots
-    from .geometry.curvature import boundary_curvature, curvature_profile
+
+    curvature_profile, boundary_curvature = _analysis_fn("curvature-profile"), _analysis_fn("curvature")
 
     files = ("curvature_profile.json", "boundary_curvature.json", "curvature_profile.png")
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
@@ -1095,8 +1145,7 @@ def analyse_curvature(
         console.print(f"wrote {out}/curvature_profile.png and the results")
 
 
-@analyse_app.command("cross-section")
-@shared(limit=6, **_ANALYSIS)
+@_analysis("cross-section", limit=6)
 def analyse_cross_section(
     s: Shared,
     second: str = typer.Option("random", metavar="[random|curvature]", help="the second direction of the plane"),
@@ -1109,7 +1158,8 @@ def analyse_cross_section(
 ):
     """Normal cross-sections of the decision boundary (normal × random or × top-curvature direction)."""
     from . import plots
-    from .geometry.cross_section import cross_section
+
+    cross_section = _analysis_fn("cross-section")
 
     out = out if out is not None else _default_out("cross-section", s.model)
     run = _start(s, check_outputs=lambda: _check_out_dir(out, ("cross_sections.png",)))
@@ -1139,8 +1189,7 @@ def noise_rows(results, d: int, med: float) -> tuple[list[list[str]], bool]:
     return rows, none_crossed
 
 
-@analyse_app.command("subspace")
-@shared(limit=100, **_ANALYSIS)
+@_analysis("subspace", limit=100)
 def analyse_subspace(
     s: Shared,
     ratios: str = typer.Option("0.25,0.0625,0.0204,0.01", help="comma-separated m/d"),
@@ -1149,7 +1198,8 @@ def analyse_subspace(
 ):
     """β = √(m/d)·‖r*_S‖/‖r*‖ in random subspaces, and robustness to random noise (m = 1)."""
     from . import plots
-    from .geometry.subspace import noise_robustness, subspace_robustness
+
+    subspace_robustness, noise_robustness = _analysis_fn("subspace"), _analysis_fn("random-noise")
 
     rat = tuple(_floats(ratios, "--ratios") or ())
     run = _start(s, check_outputs=lambda: _check_out_dir(out, ("subspace.png",)))
@@ -1172,8 +1222,7 @@ def analyse_subspace(
         console.print(f"wrote {plots.subspace_ratios({s.model: res}, out / 'subspace.png')}")
 
 
-@analyse_app.command("normals")
-@shared(limit=200, **_ANALYSIS)
+@_analysis("normals", limit=200)
 def analyse_normals(
     s: Shared,
     dims: str = typer.Option("1,5,10,25,50", help="comma-separated subspace dimensions m"),
@@ -1183,7 +1232,8 @@ def analyse_normals(
     """Singular values of boundary normals vs random vectors; flat-model fooling rates (evaluated on the other
     half of the samples)."""
     from . import plots
-    from .geometry.normals import normal_spectrum
+
+    normal_spectrum = _analysis_fn("normals")
 
     dim_list = _ints(dims, "--dims")
     run = _start(s, check_outputs=lambda: _check_out_dir(out, ("normals.png",)))
@@ -1205,10 +1255,96 @@ def analyse_normals(
         console.print(f"wrote {plots.normal_spectrum({s.model: ns}, out / 'normals.png')}")
 
 
+def result_rows(res, what: str) -> list[list[str]]:
+    """The table a command prints for a result: its ``table()`` (header row first), else its ``summary()`` as
+    metric/value rows."""
+    table = getattr(res, "table", None)
+    if callable(table):
+        return table()
+    summary = getattr(res, "summary", None)
+    if callable(summary):
+        return [["metric", "value"]] + [[k, _fmt(v)] for k, v in summary().items()]
+    raise OutputError(f"{what}: its result ({type(res).__name__}) has neither table() nor summary() to print; "
+                      "give the result class one (see ARCHITECTURE.md, a geometry tool)")
+
+
+def _plot_fn(entry):
+    """The figure of a registered analysis: the function of :mod:`georobust.plots` named by its ``plot`` extra
+    (it takes ``{model name: result}`` and a path), or ``None``."""
+    from . import plots
+
+    name = entry.extra.get("plot")
+    if name is None:
+        return None
+    fn = getattr(plots, name, None)
+    if not callable(fn):
+        raise OptionError(f"analysis {entry.name} names the figure {name!r}, which georobust.plots does not have")
+    return fn
+
+
+def analysis_options(entry, option: list[str] | None, *, seed: int = 0) -> dict[str, Any]:
+    """The keyword options of one analysis run from the command line (``-o KEY=VALUE``, checked and converted
+    to each option's type), with ``seed`` from ``--seed`` unless given; checked before any work."""
+    opts = entry.check_options(parse_assignments(option, f"option of {entry.name} (-o)"))
+    known = entry.options()
+    for n, p in known.items():
+        if p.default is inspect.Parameter.empty and n not in opts:
+            raise OptionError(f"analysis {entry.name} needs -o {n}=VALUE")
+    if "seed" in known and "seed" not in opts:
+        opts["seed"] = seed
+    return opts
+
+
+def _analysis_help(entry) -> str:
+    return "\n\n".join([_first_paragraph(entry), f"paper: {_paper(entry)}; figure: {entry.extra.get('plot') or '—'}",
+                         "Options (-o KEY=VALUE; seed defaults to --seed):", _options_help(entry) or "  (none)"])
+
+
+def _make_analysis_command(name: str):
+    entry = registry.analyses.get(name)
+
+    @shared(limit=50)
+    def cmd(
+        s: Shared,
+        option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="KEY=VALUE",
+                                                   help="option of the analysis, repeatable (listed above)"),
+        out: Optional[Path] = typer.Option(None, "--out", help=f"write {name}.json/.safetensors and its figure "
+                                           "into this folder"),
+    ):
+        _analyse(entry, s, option=option, out=out)
+
+    short = re.sub(r"\s*\([^()]*\b(?:19|20)\d\d\b[^()]*\)", "", entry.summary).replace("``", "").strip()  # no citation
+    analyse_app.command(name, help=escape(_analysis_help(entry)), short_help=escape(short))(cmd)
+
+
+def _analyse(entry, s: Shared, *, option, out) -> None:
+    """A registered analysis run on the data: ``entry.fn(model, x, **options)``; its table is printed, and with
+    ``--out`` its result is saved beside the figure its entry names."""
+    name = entry.name
+    opts = analysis_options(entry, option, seed=s.seed)
+    plot = _plot_fn(entry)
+    files = (f"{name}.json", f"{name}.safetensors") + ((f"{name}.png",) if plot else ())
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    with Reporter(name, 1, unit="stages") as rep:
+        (res,) = _stages(rep, [(name, lambda: entry.fn(run.clf, run.x, **opts))])
+    _print_table(f"{name} of {s.model} on {s.data} ({s.split}, n={run.x.shape[0]})", result_rows(res, name))
+    _warn(getattr(res, "warnings", None))
+    if out is not None:
+        res.save(out / name)
+        written = [f"{out}/{name}.json/.safetensors"]
+        if plot is not None:
+            written.append(str(plot({s.model: res}, out / f"{name}.png")))
+        console.print("wrote " + " and ".join(written))
+
+
+for _name in registry.analyses.names():  # the analyses without a command of their own above: a generic one
+    if _name not in {c.name for c in analyse_app.registered_commands}:
+        _make_analysis_command(_name)
+
+
 # ----------------------------------------------------------------------------------------- universal
 @app.command()
-@shared(model="zoo:mlp-digits", data="digits", limit=1000, root=None, data_option=None, device="cpu", seed=0,
-        verbose=False, logits=None)
+@shared(omit=("split",), limit=1000)  # X is the train split, the held-out images the test split
 def universal(
     s: Shared,
     eval_limit: Optional[int] = typer.Option(1000, help="held-out images (the first N of the test split)"),
@@ -1227,7 +1363,8 @@ def universal(
     """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass.
     --limit is the number of training images X (the first N of the train split)."""
     from . import plots
-    from .attacks.universal import fooling, universal_perturbation
+    from .attacks.universal import universal_perturbation
+    from .evaluation.metrics import perturbed_labels
     if resume and out is None:
         raise OptionError("--resume needs --out (the folder of the run to continue)")
     if resume and overwrite:
@@ -1252,15 +1389,7 @@ def universal(
 
     run = _start(s, check_outputs=outputs)
     x = run.x
-    xe, _ = gdata.load(s.data, split="test", limit=eval_limit, **_data_options(s))
-    xe = xe.to(run.dev)
-    kw = {}
-    if overwrite:
-        if _accepts(universal_perturbation, "overwrite"):
-            kw["overwrite"] = True
-        else:
-            for p in (ckpt.with_suffix(".json"), ckpt.with_suffix(".safetensors")):
-                p.unlink(missing_ok=True)
+    xe, _ = run.load("test", eval_limit)
     with Reporter("pass 1", x.shape[0]) as rep:
         def on_progress(p, done, total, info):
             rep.update(done, total=total, description=f"pass {p + 1}/{max_passes}",
@@ -1273,11 +1402,11 @@ def universal(
 
         res = universal_perturbation(run.clf, x, xi=xi, norm=norm, delta=delta, max_passes=max_passes, x_eval=xe,
                                      mode=mode, chunk=chunk, clip=clip, seed=s.seed, checkpoint=ckpt,
-                                     resume=resume, on_progress=on_progress, on_pass=on_pass, **kw)
+                                     resume=resume, overwrite=overwrite, on_progress=on_progress, on_pass=on_pass)
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in res.summary().items()]
     _print_table(f"universal perturbation of {s.model} on {s.data}", rows)
     _warn(getattr(res, "warnings", None))
-    _, lc, la = fooling(run.clf, xe[:64], res.v, clip=clip)
+    lc, la = perturbed_labels(run.clf, xe[:64], res.v, clip=clip)
     plots.universal_perturbation(res.v, out / "perturbation.png", title=f"{s.model}: L{norm} ξ={xi:g}")
     plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=_classes(s),
                              bounds=run.clf.bounds)

@@ -290,7 +290,7 @@ def test_per_attack_help_list_and_version():
     df = run("attack", "deepfool", "--help").stdout
     assert df != general
     for text in ("overshoot (default 0.02)", "max_iter (default 50)", "Moosavi-Dezfooli et al., CVPR 2016",
-                 "kind: minimal", "--use-labels", "--data-option"):
+                 "threat model: minimal-lp", "--use-labels", "--data-option"):
         assert text in df, text
     assert "eps (required)" in run("attack", "pgd", "--help").stdout
     lst = run("attack", "--list").stdout
@@ -307,7 +307,7 @@ def test_per_attack_help_list_and_version():
 def test_help_texts_choices_and_flags(cmd):
     out = run(*cmd, "--help").stdout
     assert "<bool>" not in out  # flags print as flags
-    assert "digits|fashion-mnist|spheres|folder" in out and "--data-option" in out and "--root" in out
+    assert "digits|fashion-mnist|folder|spheres" in out and "--data-option" in out and "--root" in out
     if cmd != ["train"]:
         assert "[train|test]" in out or cmd == ["universal"]
     if cmd == ["evaluate"]:
