@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 import georobust as gr
-from georobust.attacks.universal import fooling, universal_perturbation
+from georobust.attacks.universal import universal_perturbation
+from georobust.evaluation.metrics import fooling_rate
 
 warnings.filterwarnings("ignore")
 
@@ -51,7 +52,7 @@ def run(model: str, n_train: int, n_test: int, norm: str, xi: float, delta: floa
     px, pt = gr.predict(clf, x), gr.predict(clf, xt)  # clean predictions, once
 
     def rates(v):
-        return {"fool_train": fooling(clf, x, v, pred=px)[0], "fool_test": fooling(clf, xt, v, pred=pt)[0]}
+        return {"fool_train": fooling_rate(clf, x, v, pred=px), "fool_test": fooling_rate(clf, xt, v, pred=pt)}
 
     rows = []
     universal_perturbation(clf, x[:8], xi=xi, norm=norm, max_passes=1)  # warm-up, not timed

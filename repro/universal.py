@@ -19,7 +19,8 @@ import torch
 from _common import parser
 
 from georobust import data, plots, pretrained
-from georobust.attacks.universal import fooling, transfer_matrix, universal_perturbation
+from georobust.attacks.universal import transfer_matrix, universal_perturbation
+from georobust.evaluation.metrics import perturbed_labels
 from georobust.geometry.universal_geometry import universal_geometry
 
 
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
     for name, clf in models.items():
         r = uaps[(name, "inf", xi_s)]
         plots.universal_perturbation(r.v, a.out / f"universal_v_{name}.png", title=f"{name}: L∞ ξ={xi_s:g}")
-        _, lc, la = fooling(clf, xt[:64], r.v)
+        lc, la = perturbed_labels(clf, xt[:64], r.v)
         plots.universal_examples(xt[:64], r.v, lc, la, a.out / f"universal_examples_{name}.png", classes=classes)
     md += ["", "Figures: `universal_fooling_vs_xi_inf.png`, `universal_fooling_vs_xi_2.png`, "
            "`universal_comparison.png`, `universal_v_<model>.png`, `universal_examples_<model>.png`.", "",

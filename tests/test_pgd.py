@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import run_cli
 
 from georobust import registry
-from georobust.core.ops import project
 from georobust.attacks.pgd import pgd
 from georobust.checks import predict
+from georobust.core.ops import project
 from georobust.errors import OptionError
 
 

@@ -15,29 +15,30 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import torch
 
-from .. import registry
 from ..checks import check_iterations, check_norm, check_positive, prepare
-from ..results import AttackResult, make_result
 from ..core.losses import loss_grad
 from ..core.ops import bcast, steepest_direction
+from ..core.protocol import Run, attack
 
 log = logging.getLogger(__name__)
 
+#: options of the minimal mode only (not recorded for a bounded run)
+_MINIMAL_ONLY = ("eps_max", "grid", "search_steps")
 
-@registry.attacks.register("fgsm", threat="bounded-lp", norms=("inf", "2"), chunking="position", minimal_mode=True)
+
+@attack("fgsm", threat="bounded-lp", norms=("inf", "2"), chunking="position")
 def fgsm(model, x, y=None, *, eps: float | None = None, norm="inf", target=None, loss: str = "ce",
          eps_max: float | None = None, grid: int = 24, search_steps: int = 12,
-         batch_size: int = 512) -> AttackResult:
+         batch_size: int = 512) -> Run:
     """FGSM (L∞) / fast gradient (L2); bounded with ``eps``, minimal per sample with ``eps=None``.
 
     Args:
         model: an ``nn.Module`` returning logits, or a :class:`~georobust.Classifier` (eval mode).
         x: inputs inside the model's bounds; y: labels (default: the model's predictions).
-        eps: the perturbation budget; ``None`` selects the minimal mode.
+        eps: the perturbation budget; ``None`` selects the minimal mode (threat model ``minimal-lp``).
         norm: ``"inf"`` (FGSM) or ``2`` (fast gradient L2).
         target: target labels for the targeted variant (descends the CE of the target).
         loss: ``"ce"`` (paper) or ``"cw"`` (margin).
@@ -50,25 +51,21 @@ def fgsm(model, x, y=None, *, eps: float | None = None, norm="inf", target=None,
         check_positive(eps, "eps", allow_zero=True)
     check_positive(grid, "grid", integer=True)
     check_iterations(search_steps, "search_steps")
-    clf, x, y, target, _, pred = prepare(model, x, y, target=target)
+    p = prepare(model, x, y, target=target)
+    clf, x, y, target, pred = p.clf, p.x, p.y, p.target, p.pred
     lo, hi = clf.bounds
-    t0 = time.perf_counter()
     d_all = torch.empty_like(x)
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)
         g, _, _ = loss_grad(clf, x[sl], y[sl], None if target is None else target[sl], loss)
         d_all[sl] = steepest_direction(g, norm)
-    params = {"eps": eps, "norm": norm, "loss": loss, "targeted": target is not None}
     if eps is not None:
-        x_adv = (x + eps * d_all).clamp(lo, hi)
-        return make_result("fgsm", clf, x, x_adv, y, pred, target=target,
-                           iterations=torch.ones(x.shape[0], dtype=torch.long, device=x.device),
-                           elapsed=time.perf_counter() - t0, params=params)
+        return Run(p, (x + eps * d_all).clamp(lo, hi), iterations=torch.ones(p.n, dtype=torch.long, device=x.device),
+                   params={"norm": norm}, drop=_MINIMAL_ONLY)
 
     if eps_max is None:
         eps_max = (hi - lo) * (1.0 if norm == "inf" else math.sqrt(x[0].numel()))
     check_positive(eps_max, "eps_max")
-    params.update(eps_max=eps_max, grid=grid, search_steps=search_steps)
     n = x.shape[0]
 
     def fools(eps_vec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -105,7 +102,4 @@ def fgsm(model, x, y=None, *, eps: float | None = None, norm="inf", target=None,
         lo_e[idx] = torch.where(ok, lo_e[idx], mid)
     eps_used = torch.where(found, hi_e, torch.full_like(hi_e, float(eps_max)))
     x_adv = (x + bcast(eps_used, x) * d_all).clamp(lo, hi)
-    res = make_result("fgsm", clf, x, x_adv, y, pred, target=target, iterations=evals,
-                      elapsed=time.perf_counter() - t0, params=params, minimal=True)
-    log.info("fgsm minimal: %s", res)
-    return res
+    return Run(p, x_adv, iterations=evals, params={"norm": norm, "eps_max": eps_max}, threat="minimal-lp")

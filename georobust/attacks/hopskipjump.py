@@ -20,19 +20,18 @@ import math
 
 import torch
 
-from .. import registry
 from ..checks import check_positive
-from ..results import AttackResult
 from ..core.decision import Start, estimate_normal, record, run_decision_attack
 from ..core.ops import bcast
 from ..core.oracle import DecisionProblem
+from ..core.protocol import Run, attack
 
 
-@registry.attacks.register("hopskipjump", threat="decision", norms=("2",))
+@attack("hopskipjump", threat="decision", norms=("2",))
 def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_init: torch.Tensor | None = None,
                 init_evals: int = 100, max_evals: int = 10_000, gamma: float = 1.0, init_tries: int = 100,
                 eps: float | None = None, norm=2, checkpoints=None, seed: int = 0, bounds=None,
-                batch_size: int = 4096) -> AttackResult:
+                batch_size: int = 4096) -> Run:
     """HopSkipJump L2 decision-based attack (Chen, Jordan & Wainwright, IEEE S&P 2020), label queries only.
 
     Args:
@@ -100,8 +99,7 @@ def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_i
             record(state["history"], state["cps"], idx, prob.oracle.queries[idx], best[idx])
             t += 1
 
-    params = {"init_evals": init_evals, "max_evals": max_evals, "gamma": gamma, "seed": seed}
     start = Start(gen, scales=(), tries=init_tries, tol=theta)
     return run_decision_attack("hopskipjump", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
                                bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
-                               params=params, start=start, body=body)
+                               start=start, body=body)

@@ -36,17 +36,15 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import torch
 from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-from .. import registry
 from ..checks import check_norm, check_positive, prepare
-from ..results import AttackResult, make_result
 from ..core.ops import bcast
+from ..core.protocol import Run, attack
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +86,10 @@ def _solve(clf, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, c
     return z, int(res.nfev)
 
 
-@registry.attacks.register("lbfgs", threat="minimal-lp", norms=("2",), chunking="remaining")
+@attack("lbfgs", threat="minimal-lp", norms=("2",), chunking="remaining")
 def lbfgs(model, x, y=None, *, norm="2", target=None, c_init: float = 1.0, search_steps: int = 10,
           max_iter: int = 25, memory: int = 10, warm_start: bool = True,
-          batch_size: int = 256) -> AttackResult:
+          batch_size: int = 256) -> Run:
     """L-BFGS-B attack (Szegedy et al., ICLR 2014): per sample, the smallest L2 perturbation found by
     minimising ``c·‖r‖² + loss(x + r)`` in the box over a search of ``c``.
 
@@ -112,17 +110,15 @@ def lbfgs(model, x, y=None, *, norm="2", target=None, c_init: float = 1.0, searc
         passes) per sample; samples never fooled keep ``x_adv = x`` and fail. ``params["c"]`` lists the
         chosen ``c`` per sample (the largest that fooled; ``0`` where none did or nothing was attacked).
     """
-    check_norm(norm, ("2",))
+    norm = check_norm(norm, ("2",))
     check_positive(c_init, "c_init")
     check_positive(search_steps, "search_steps", integer=True)
     check_positive(max_iter, "max_iter", integer=True)
     check_positive(memory, "memory", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
-    clf, x, y, target, _, pred = prepare(model, x, y, target=target)
-    params = {"norm": "2", "targeted": target is not None, "c_init": c_init, "search_steps": search_steps,
-              "max_iter": max_iter, "memory": memory, "warm_start": warm_start, "loss": "ce(target)" if target is not None else "-log(1-p_y)"}
-    t0 = time.perf_counter()
-    n = x.shape[0]
+    p = prepare(model, x, y, target=target)
+    clf, x, y, target, pred = p.clf, p.x, p.y, p.target, p.pred
+    n = p.n
     dev = x.device
     best_x = x.clone()
     best_n = torch.full((n,), math.inf, device=dev, dtype=torch.float64)
@@ -155,8 +151,5 @@ def lbfgs(model, x, y=None, *, norm="2", target=None, c_init: float = 1.0, searc
             c = torch.where(torch.isinf(c_bad), c * 10,
                             torch.where(c_ok == 0, c / 10, torch.sqrt(c_ok * c_bad.clamp_max(1e300))))
         c_all[idx] = c_ok
-    params["c"] = c_all.tolist()
-    res = make_result("lbfgs", clf, x, best_x, y, pred, target=target, iterations=evals,
-                      elapsed=time.perf_counter() - t0, params=params, minimal=True)
-    log.info("lbfgs: %s", res)
-    return res
+    loss = "ce(target)" if target is not None else "-log(1-p_y)"
+    return Run(p, best_x, iterations=evals, params={"norm": norm, "loss": loss, "c": c_all.tolist()})

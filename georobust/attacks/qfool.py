@@ -51,17 +51,15 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import torch
 
-from .. import registry
-from ..checks import check_norm, check_positive
-from ..errors import InputError, OptionError
-from ..results import AttackResult, make_result
-from ..core.decision import Start, draw_probes, estimate_normal, line_search, record, run_decision_attack
+from ..checks import check_positive
+from ..core.decision import Start, estimate_normal, line_search, record, run_decision_attack
 from ..core.ops import bcast
 from ..core.oracle import DecisionProblem
+from ..core.protocol import Run, attack
+from ..errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +158,11 @@ def _pooled_body(*, probes, omega, tol, subspace, gen, reserve):
     return body
 
 
-@registry.attacks.register("qfool", threat="decision", norms=("2",))
+@attack("qfool", threat="decision", norms=("2",))
 def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None = None, target=None,
           x_init: torch.Tensor | None = None, variant: str = "paper", probes: int = 100, omega: float = 0.02,
           epsilon: float = 0.7, tol: float = 1e-3, eps: float | None = None, norm=2, checkpoints=None,
-          seed: int = 0, bounds=None, batch_size: int = 4096) -> AttackResult:
+          seed: int = 0, bounds=None, batch_size: int = 4096) -> Run:
     """QFool decision-based attack (Liu, Moosavi-Dezfooli & Frossard, ICCV 2019), L2, label queries only.
 
     Args:
@@ -205,11 +203,10 @@ def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None =
     else:
         body = _pooled_body(probes=probes, omega=omega, tol=tol, subspace=subspace, gen=gen, reserve=reserve)
 
-    params = {"variant": variant, "subspace": subspace, "probes": probes, "omega": omega, "tol": tol,
-              "seed": seed}
     start = Start(gen, scales=tuple(0.01 * 1.6 ** k for k in range(12)), tries=50, tol=tol)
-    if variant == "paper":
-        params["epsilon"] = epsilon
-    return run_decision_attack("qfool", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
-                               bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
-                               params=params, start=start, body=body)
+    run = run_decision_attack("qfool", model, x, y, target, max_queries=max_queries, eps=eps, norm=norm,
+                              bounds=bounds, batch_size=batch_size, checkpoints=checkpoints, x_init=x_init,
+                              start=start, body=body)
+    if variant != "paper":  # the improvement-rate threshold is the paper variant's only
+        run.drop = ("epsilon",)
+    return run

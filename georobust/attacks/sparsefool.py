@@ -24,15 +24,13 @@ Batched over samples with per-sample stopping. Sparsity is reported by :func:`ch
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 
-from .. import registry
-from ..checks import check_norm, check_positive, prepare
-from ..errors import InputError, OptionError
-from ..results import AttackResult, make_result
+from ..checks import check_candidates, check_norm, check_positive, prepare
 from ..core.ops import bcast
+from ..core.protocol import Run, attack
+from ..errors import InputError, OptionError
 from .deepfool import deepfool_batch
 
 log = logging.getLogger(__name__)
@@ -105,10 +103,10 @@ def _normal(model, xq: torch.Tensor, k: torch.Tensor, y: torch.Tensor) -> torch.
     return g / bcast(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
 
 
-@registry.attacks.register("sparsefool", threat="minimal-lp", norms=("1", "0"), chunking="position")
+@attack("sparsefool", threat="minimal-lp", norms=("1", "0"), chunking="position")
 def sparsefool(model, x, y=None, *, lambda_: float = 3.0, epsilon: float = 0.02, max_iter: int = 20,
                delta: float | None = None, overshoot: float = 0.02, deepfool_iter: int = 50,
-               candidates: int = 10, norm="1", batch_size: int = 1024) -> AttackResult:
+               candidates: int = 10, norm="1", batch_size: int = 1024) -> Run:
     """SparseFool (Modas, Moosavi-Dezfooli & Frossard, CVPR 2019): sparse (few-pixel) minimal perturbations.
 
     Args:
@@ -123,7 +121,7 @@ def sparsefool(model, x, y=None, *, lambda_: float = 3.0, epsilon: float = 0.02,
         norm: the norm this minimal attack is measured in by the evaluation suite (``1`` or ``0``; the
             algorithm is the same).
     """
-    check_norm(norm, ("1", "0"))
+    norm = check_norm(norm, ("1", "0"))
     check_positive(lambda_, "lambda_")
     if lambda_ < 1:
         raise OptionError(f"lambda_ must be >= 1 (the hyperplane is taken beyond the boundary), got {lambda_}")
@@ -131,16 +129,14 @@ def sparsefool(model, x, y=None, *, lambda_: float = 3.0, epsilon: float = 0.02,
     check_positive(max_iter, "max_iter", integer=True)
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_positive(deepfool_iter, "deepfool_iter", integer=True)
-    check_positive(candidates, "candidates", integer=True)
+    check_candidates(candidates)
     check_positive(batch_size, "batch_size", integer=True)
     if delta is not None:
         check_positive(delta, "delta")
-    if candidates < 2:
-        raise OptionError(f"candidates must be >= 2, got {candidates}")
-    clf, x, y, _, k_cls, pred = prepare(model, x, y)
+    p = prepare(model, x, y)
+    clf, x, y, k_cls, pred = p.clf, p.x, p.y, p.num_classes, p.pred
     if x.ndim == 5:
         raise InputError("sparsefool takes (N, D) or (N, C, H, W) inputs")
-    t0 = time.perf_counter()
     x_adv = x.clone()
     iters = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for b in range(0, x.shape[0], batch_size):
@@ -150,12 +146,7 @@ def sparsefool(model, x, y=None, *, lambda_: float = 3.0, epsilon: float = 0.02,
                                    overshoot=float(overshoot), deepfool_iter=deepfool_iter,
                                    candidates=min(candidates, k_cls))
         x_adv[sl], iters[sl] = xa, it
-    params = {"lambda_": lambda_, "epsilon": epsilon, "max_iter": max_iter, "delta": delta, "overshoot": overshoot,
-              "deepfool_iter": deepfool_iter, "candidates": min(candidates, k_cls)}
-    res = make_result("sparsefool", clf, x, x_adv, y, pred, iterations=iters, elapsed=time.perf_counter() - t0,
-                      params=params, minimal=True)
-    log.info("sparsefool: %s", res)
-    return res
+    return Run(p, x_adv, iterations=iters, params={"norm": norm, "candidates": min(candidates, k_cls)})
 
 
 def _sparsefool_batch(clf, x, y, todo, *, lambda_, epsilon, max_iter, delta, overshoot, deepfool_iter,

@@ -49,11 +49,12 @@ from pathlib import Path
 import torch
 
 from .. import registry
-from ..checks import check_norm, check_positive, predict, prepare
-from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
-from ..results import UniversalResult, result_paths, Saveable
-from ..storage import ensure_writable
+from ..checks import check_candidates, check_norm, check_positive, predict, prepare
 from ..core.ops import flat_norm, project, steepest_direction
+from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
+from ..evaluation.metrics import fooling_rate, perturbed_labels
+from ..results import Saveable, UniversalResult, result_paths
+from ..storage import ensure_writable
 from .deepfool import deepfool_batch
 
 log = logging.getLogger(__name__)
@@ -80,17 +81,6 @@ def project_ball(v: torch.Tensor, xi: float, norm: str) -> torch.Tensor:
 def _perturb(x: torch.Tensor, v: torch.Tensor, bounds, clip: bool) -> torch.Tensor:
     xa = x + v
     return xa.clamp(*bounds) if clip else xa
-
-
-def fooling(model, x: torch.Tensor, v: torch.Tensor, *, pred: torch.Tensor | None = None, clip: bool = True,
-            batch_size: int = 1024) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Fooling rate of one perturbation ``v`` (shape ``x.shape[1:]``, or one per sample, shape ``x.shape``) on
-    ``x``: the fraction of samples whose *predicted* label changes (labels play no part). Returns ``(rate, clean prediction, perturbed prediction)``;
-    ``model`` must already be a validated classifier, ``pred`` the clean predictions if known."""
-    if pred is None:
-        pred = predict(model, x, batch_size)
-    adv = predict(model, _perturb(x, v.to(x.device, x.dtype), model.bounds, clip), batch_size)
-    return float((adv != pred).double().mean()), pred, adv
 
 
 def random_like(v: torch.Tensor, norm: str, size: float, *, n: int | None = None,
@@ -246,10 +236,8 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
     check_positive(chunk, "chunk", integer=True)
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_positive(max_iter, "max_iter", integer=True)
-    check_positive(candidates, "candidates", integer=True)
+    check_candidates(candidates)
     check_positive(seed, "seed", integer=True, allow_zero=True)
-    if candidates < 2:
-        raise OptionError(f"candidates must be >= 2, got {candidates}")
     if mode not in MODES:
         raise OptionError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not isinstance(clip, bool):
@@ -269,12 +257,14 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
         elif (jck.exists() or tck.exists()) and not overwrite:
             raise OutputError(f"a universal checkpoint exists at {jck if jck.exists() else tck}: pass resume=True "
                               "(CLI: --resume) to continue it or overwrite=True (CLI: --overwrite) to start over")
-    clf, x, _, _, k, pred = prepare(model, x, y)
+    p = prepare(model, x, y)
+    clf, x, k, pred = p.clf, p.x, p.num_classes, p.pred
     if x_eval is not None:
         if not isinstance(x_eval, torch.Tensor) or x_eval.shape[1:] != x.shape[1:]:
             got = tuple(x_eval.shape) if isinstance(x_eval, torch.Tensor) else type(x_eval).__name__
             raise InputError(f"x_eval must be a tensor of inputs shaped like x (…, {tuple(x.shape[1:])}), got {got}")
-        _, x_eval, _, _, _, pred_eval = prepare(clf, x_eval)
+        pe = prepare(clf, x_eval)
+        x_eval, pred_eval = pe.x, pe.pred
     n = x.shape[0]
     params = {"norm": norm, "step_norm": step_norm, "xi": float(xi), "delta": float(delta), "mode": mode, "chunk": int(chunk),
               "seed": int(seed), "overshoot": float(overshoot), "max_iter": int(max_iter),
@@ -315,16 +305,16 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
             updates += u
             if on_progress is not None:
                 on_progress(p, min(c0 + chunk, n), n, {"updates": updates, "norm": float(flat_norm(v[None], norm))})
-        fr, _, _ = fooling(clf, x, v, pred=pred, clip=clip)
+        fr = fooling_rate(clf, x, v, pred=pred, clip=clip)
         fe = None
         if x_eval is not None:
-            fe, _, _ = fooling(clf, x_eval, v, pred=pred_eval, clip=clip)
+            fe = fooling_rate(clf, x_eval, v, pred=pred_eval, clip=clip)
         seconds = time.perf_counter() - t0
         res.v = v.detach().clone()
         res.record_pass(fooling_train=fr, fooling_eval=fe, attempts=attempts, updates=updates, seconds=seconds)
         res.converged = fr >= 1.0 - delta
         xs, ps = (x, pred) if x_eval is None else (x_eval, pred_eval)
-        _, _, adv = fooling(clf, xs, v, pred=ps, clip=clip)
+        _, adv = perturbed_labels(clf, xs, v, pred=ps, clip=clip)
         res.transitions = torch.bincount(ps * k + adv, minlength=k * k).reshape(k, k).cpu()
         log.info("universal pass %d: fooling %.3f (held-out %s), %d/%d steps accepted, %.1fs", p + 1, fr,
                  "—" if fe is None else f"{fe:.3f}", updates, attempts, seconds)
@@ -334,7 +324,7 @@ def universal_perturbation(model, x, y=None, *, xi: float = 0.2, norm="inf", del
             on_pass(res)
     if res.transitions is None:  # resumed from a finished run, or max_passes already reached
         xs, ps = (x, pred) if x_eval is None else (x_eval, pred_eval)
-        _, _, adv = fooling(clf, xs, v, pred=ps, clip=clip)
+        _, adv = perturbed_labels(clf, xs, v, pred=ps, clip=clip)
         res.transitions = torch.bincount(ps * k + adv, minlength=k * k).reshape(k, k).cpu()
     return res
 
@@ -371,8 +361,9 @@ def transfer_matrix(models: dict, perturbations: dict, x, *, clip: bool = True, 
         raise OptionError("transfer_matrix needs at least one model and one perturbation")
     clfs = {}
     for name, m in models.items():
-        clfs[name], xx, _, _, _, _ = prepare(m, x)
-    x = xx
+        p = prepare(m, x)
+        clfs[name] = p.clf
+    x = p.x
     preds = {name: predict(c, x) for name, c in clfs.items()}
     fool = torch.zeros(len(perturbations), len(clfs))
     rand = torch.zeros_like(fool)
@@ -389,8 +380,8 @@ def transfer_matrix(models: dict, perturbations: dict, x, *, clip: bool = True, 
         size = float(flat_norm(v[None], nrm))
         norms.append(nrm)
         for j, (tgt, c) in enumerate(clfs.items()):
-            fool[i, j] = fooling(c, x, v, pred=preds[tgt], clip=clip)[0]
+            fool[i, j] = fooling_rate(c, x, v, pred=preds[tgt], clip=clip)
             draws = [random_like(v, nrm, size, n=x.shape[0], generator=g) for _ in range(random_draws)]
-            rand[i, j] = sum(fooling(c, x, r, pred=preds[tgt], clip=clip)[0] for r in draws) / random_draws
+            rand[i, j] = sum(fooling_rate(c, x, r, pred=preds[tgt], clip=clip) for r in draws) / random_draws
     return TransferResult(sources=list(perturbations), targets=list(clfs), fooling=fool, random=rand, norms=norms,
                           n_eval=int(x.shape[0]))

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_norm, check_positive
+from ..checks import Prepared, check_norm, check_positive
 from ..errors import InputError
-from ..results import AttackResult, make_result
 from .dct import low_frequency_noise
 from .ops import bcast
 from .oracle import DecisionProblem, decision_setup
+from .protocol import Run
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +145,20 @@ class Start:
 
 
 def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps, norm, bounds, batch_size,
-                        checkpoints, x_init, params: dict, start: Start, body) -> AttackResult:
+                        checkpoints, x_init, start: Start, body) -> Run:
     """Shared frame of QFool and HopSkipJump: validation, the oracle, the first adversarial point, the
-    norm history, the eps mode and the verified result. ``body(prob, idx, xb, labels, state)`` runs the
-    attack proper from the boundary points ``xb`` (adversarial side, with those labels) of the samples
-    ``idx``; it updates ``state["best_x"]``, ``state["best"]`` and the history."""
-    check_norm(norm, ("2",))
+    norm history and the eps mode; returns the attack's :class:`~georobust.core.protocol.Run` (its body is
+    wrapped by :func:`~georobust.core.protocol.attack`, which builds the verified result).
+    ``body(prob, idx, xb, labels, state)`` runs the attack proper from the boundary points ``xb``
+    (adversarial side, with those labels) of the samples ``idx``; it updates ``state["best_x"]``,
+    ``state["best"]`` and the history.
+
+    The run's model is the *verifier* (the user's model or label function, not the counting oracle), so
+    success is verified outside the attack; its threat model is ``decision`` (the norm found within the
+    query budget), or ``bounded-lp`` when ``eps`` is given. ``queries`` and the norm-versus-queries
+    ``history`` are the run's; ``params`` gets the resolved ``norm`` and ``checkpoints``.
+    """
+    norm = check_norm(norm, ("2",))
     check_positive(max_queries, "max_queries", integer=True)
     if eps is not None:
         check_positive(eps, "eps", allow_zero=True)
@@ -160,7 +167,6 @@ def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps
     x = prob.x
     n = x.shape[0]
     dev = x.device
-    t0 = time.perf_counter()
     cps_list = checkpoints_for(max_queries, checkpoints)
     cps = torch.tensor(cps_list, device=dev)
     history = torch.full((n, len(cps_list)), math.inf, device=dev, dtype=torch.float64)
@@ -198,11 +204,6 @@ def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps
     if eps is not None:  # bounded mode: a sample counts only if its perturbation fits the budget
         over = state["best"] > eps + 1e-7
         best_x = torch.where(bcast(over, best_x), x, best_x)
-    params = dict(params)
-    params.update(max_queries=max_queries, eps=eps, checkpoints=cps_list, targeted=target is not None)
-    res = make_result(name, verifier, x, best_x, prob.y, pred, target=prob.target,
-                      queries=prob.oracle.queries.clone(), elapsed=time.perf_counter() - t0, params=params,
-                      minimal=eps is None)
-    res.history = history
-    log.info("%s: %s", name, res)
-    return res
+    prepared = Prepared(verifier, x, prob.y, prob.target, -1, pred)
+    return Run(prepared, best_x, queries=prob.oracle.queries.clone(), history=history,
+               params={"norm": norm, "checkpoints": cps_list}, threat="decision" if eps is None else "bounded-lp")

@@ -220,10 +220,11 @@ def decision_setup(model, x, y, target, *, bounds, batch_size: int, budget: int 
     ``problem`` (the oracle, never the model); ``verifier`` re-runs the user's model for the result.
     """
     if isinstance(model, nn.Module):
-        clf, x, y_chk, target, _, _ = prepare(model, x, y, target=target)
-        y = y if y is None else y_chk
-        oracle = LabelOracle.from_model(clf, x.shape[0], budget=budget, batch_size=batch_size, device=x.device)
-        verifier = clf
+        p = prepare(model, x, y, target=target)
+        x, target = p.x, p.target
+        y = y if y is None else p.y
+        oracle = LabelOracle.from_model(p.clf, p.n, budget=budget, batch_size=batch_size, device=x.device)
+        verifier = p.clf
     elif isinstance(model, LabelOracle) or callable(model):
         fn = model._fn if isinstance(model, LabelOracle) else model
         b = tuple(bounds) if bounds is not None else (model.bounds if isinstance(model, LabelOracle) else (0.0, 1.0))
