@@ -80,7 +80,10 @@ def test_adversarial_loss_is_ce_at_the_inner_maximiser(affine, affine_data):
     assert terms["ce_adv"] == pytest.approx(float(loss.detach()))
     fast = FastAdversarial(eps=0.1)
     assert (fast.steps, fast.step_size, fast.random_start) == (1, pytest.approx(0.125), True)
-    assert Adversarial(eps=0.1, fast=True).steps == 1
+    # one spelling of fast AT: the registered fast-adversarial objective (Adversarial has no fast= option)
+    assert make_objective("fast-adversarial", eps=0.1).steps == 1
+    with pytest.raises(OptionError, match="fast"):
+        make_objective("adversarial", eps=0.1, fast=True)
 
 
 class _BNNet(nn.Module):

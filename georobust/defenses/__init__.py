@@ -1,4 +1,6 @@
-"""Defences: one training loop (``fit``) and the objectives it optimises, detection and projection.
+"""Defences: one training loop (``fit``, :mod:`.train`), the training objectives it optimises
+(:mod:`.objectives`, registered in ``georobust.registry.objectives``), and the defended-model interface
+(:mod:`.defended`: detectors, input transformations, BPDA/EOT).
 
 Every submodule not starting with ``_`` is imported here (registering its objectives).
 """

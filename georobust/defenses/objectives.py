@@ -7,9 +7,9 @@ An objective is a callable ``obj(model, x, y) -> (loss, terms)`` where ``loss`` 
 Registered objectives (options in each class's docstring):
 
 ``standard``          cross-entropy (ERM).
-``adversarial``       PGD adversarial training, L∞ or L2 (Madry et al., ICLR 2018); ``fast=True`` gives
-                      the single-step variant.
-``fast-adversarial``  FGSM with random init, step 1.25·eps (Wong, Rice & Kolter, ICLR 2020).
+``adversarial``       PGD adversarial training, L∞ or L2 (Madry et al., ICLR 2018).
+``fast-adversarial``  FGSM with random init, step 1.25·eps (Wong, Rice & Kolter, ICLR 2020): the one
+                      spelling of fast adversarial training.
 ``cure``              curvature regularisation (Moosavi-Dezfooli, Fawzi, Uesato & Frossard, CVPR 2019).
 ``llr``               local linearity regulariser (Qin et al., NeurIPS 2019).
 ``margin-hinge``      CE + a hinge on the first-order margin ``f(x)/‖∇f(x)‖`` to the runner-up class, input
@@ -29,7 +29,8 @@ Two conventions shared by the robust objectives, chosen once and documented here
   updated once per batch). For a model with no mode-dependent module (no batch-norm, dropout, ...) the
   two coincide and a single forward pass serves both.
 * **Randomness** (random starts) comes from torch's global generator on the device of ``x``, which
-  :func:`~georobust.defenses.fit` seeds and stores in each checkpoint, so a resumed run is exact.
+  :func:`~georobust.defenses.fit` seeds and stores in each checkpoint, so a resumed run is exact. The start
+  itself is the package's one convention, :func:`georobust.core.ops.random_start`.
 
 Schedules: ``fit`` calls ``obj.set_progress(t, total)`` before each step, with ``t`` the (fractional)
 number of epochs completed after that step and ``total`` the number of epochs; objectives with warm-ups
@@ -48,10 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
+from ..checks import check_norm, check_positive
+from ..core import ops
 from ..core.losses import attack_loss
 from ..core.modes import eval_mode, mode_dependent
-from ..core.ops import bcast, flat_norm, project, steepest_direction
-from ..checks import check_norm, check_positive
+from ..core.ops import bcast, flat_norm, project
+from ..core.options import bind_options, keyword_options
+from ..core.pgd import pgd_kernel
 from ..errors import OptionError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -78,43 +82,25 @@ class Objective(abc.ABC):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """A uniform draw from the ``norm`` ball of radius ``eps`` (global generator, see module doc)."""
-    if norm == "inf":
-        return (torch.rand_like(x) * 2 - 1) * eps
-    # uniform in the L2 ball: a Gaussian direction and a radius eps·u^(1/d)
-    d = x[0].numel()
-    g = torch.randn_like(x)
-    r = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
-    return g * bcast(r / flat_norm(g, "2").clamp_min(1e-12), x)
-
-
 def inner_max(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf", steps: int = 10,
               step_size: float | None = None, random_start: bool = True) -> torch.Tensor:
     """The lean inner maximisation of adversarial training: projected gradient ascent of the CE.
 
     ``δ ← Π_{B(eps)}(δ + α·d(∇_δ CE(x + δ, y)))`` with ``d`` the steepest-ascent direction of the norm
     (``sign`` for L∞, normalised gradient for L2), clipped to the model's bounds after each step (Madry
-    et al., 2018). Unlike :func:`georobust.attacks.pgd.pgd` it neither validates, verifies nor keeps the
-    best iterate, and it never synchronises with the host: it is the cheap attack run at every training
-    step. The caller chooses the model's mode (the objectives use :func:`eval_mode`). Returns ``x + δ``
-    (detached). ``step_size`` defaults to ``2.5·eps/steps`` (Madry et al.).
+    et al., 2018). It is the package's one PGD kernel (:func:`georobust.core.pgd.pgd_kernel`) without a
+    tracker: unlike :func:`georobust.attacks.pgd.pgd` it neither validates, verifies nor keeps the best
+    iterate, and it never synchronises with the host — the cheap attack run at every training step. The
+    random start is :func:`georobust.core.ops.random_start` from torch's global generator. The caller
+    chooses the model's mode (the objectives use :func:`eval_mode`). Returns ``x + δ`` (detached).
+    ``step_size`` defaults to ``2.5·eps/steps`` (Madry et al.).
     """
-    lo, hi = model.bounds if hasattr(model, "bounds") else (0.0, 1.0)
+    bounds = tuple(model.bounds) if hasattr(model, "bounds") else (0.0, 1.0)
     alpha = 2.5 * eps / steps if step_size is None else step_size
     x = x.detach()
-    if random_start:
-        delta = ((x + _random_start(x, eps, norm)).clamp(lo, hi) - x)
-    else:
-        delta = torch.zeros_like(x)
-    with torch.enable_grad():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-            (g,) = torch.autograd.grad(loss, delta)
-            delta = project(delta.detach() + alpha * steepest_direction(g, norm), eps, norm)
-            delta = (x + delta).clamp(lo, hi) - x
-    return (x + delta).detach()
+    start = (x + ops.random_start(x, eps, norm)).clamp(*bounds) if random_start else None
+    return pgd_kernel(model, x, y, eps=float(eps), norm=norm, steps=int(steps), step_size=float(alpha),
+                      bounds=bounds, loss="ce", start=start)
 
 
 def _ramp(final: float, warmup: float, t: float | None) -> float:
@@ -155,23 +141,18 @@ class Adversarial(Objective):
         eps: radius of the threat model (default 0.1, L∞, images in [0, 1]).
         norm: ``"inf"`` or ``"2"``.
         steps: PGD steps (default 10). step_size: default ``2.5·eps/steps``.
-        random_start: start from a uniform point of the ball (default True).
-        fast: the single-step "fast" variant of Wong, Rice & Kolter ("Fast is better than free", ICLR
-            2020): one FGSM step of size ``1.25·eps`` from a uniform random start (overrides ``steps``,
-            ``step_size`` unless given, ``random_start``).
+        random_start: start from a random point of the ball (default True).
         clean_weight: weight of the clean cross-entropy added to the adversarial one.
+
+    The single-step "fast" variant is :class:`FastAdversarial` (``fast-adversarial``).
     """
 
     name = "adversarial"
 
     def __init__(self, eps: float = 0.1, norm: str = "inf", steps: int = 10, step_size: float | None = None,
-                 random_start: bool = True, fast: bool = False, clean_weight: float = 0.0):
+                 random_start: bool = True, clean_weight: float = 0.0):
         self.eps = float(check_positive(eps, "eps"))
         self.norm = check_norm(norm)
-        self.fast = bool(fast)
-        if self.fast:
-            steps, random_start = 1, True
-            step_size = 1.25 * self.eps if step_size is None else step_size
         self.steps = int(check_positive(steps, "steps", integer=True))
         self.step_size = float(check_positive(step_size, "step_size")) if step_size is not None else None
         self.random_start = bool(random_start)
@@ -195,13 +176,16 @@ class Adversarial(Objective):
 @registry.objectives.register("fast-adversarial", norms=("inf", "2"))
 class FastAdversarial(Adversarial):
     """Fast adversarial training (Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial
-    training", ICLR 2020): :class:`Adversarial` with ``fast=True`` — one FGSM step of ``step_size``
-    (default ``1.25·eps``) from a uniform random start in the ball. Options: eps, norm, step_size."""
+    training", ICLR 2020): :class:`Adversarial` with one FGSM step of ``step_size`` (default ``1.25·eps``)
+    from a random start in the ball — the one spelling of fast adversarial training. Options: eps, norm,
+    step_size."""
 
     name = "fast-adversarial"
 
     def __init__(self, eps: float = 0.1, norm: str = "inf", step_size: float | None = None):
-        super().__init__(eps=eps, norm=norm, step_size=step_size, fast=True)
+        eps = float(check_positive(eps, "eps"))
+        super().__init__(eps=eps, norm=norm, steps=1, step_size=1.25 * eps if step_size is None else step_size,
+                         random_start=True)
 
     def config(self) -> dict:
         return {"name": self.name, "eps": self.eps, "norm": self.norm, "step_size": self.step_size}
@@ -371,7 +355,7 @@ class LocalLinearity(_Regularised):
         (g,) = torch.autograd.grad(ell.sum(), xr, create_graph=True)
         x0, g0, ell0 = xr.detach(), g.detach(), ell.detach()
         alpha = min(self.eps, 2.5 * self.eps / self.steps) if self.step_size is None else self.step_size
-        delta = (x0 + _random_start(x0, self.eps, "inf")).clamp(lo, hi) - x0
+        delta = (x0 + ops.random_start(x0, self.eps, "inf")).clamp(lo, hi) - x0
         for _ in range(self.steps):  # maximise g(δ) with the Taylor model frozen
             delta.requires_grad_(True)
             ell_d = F.cross_entropy(model(x0 + delta), y, reduction="none")
@@ -583,33 +567,4 @@ def make_objective(name: str | Objective, **options) -> Objective:
             raise TypeError("options given together with an Objective instance")
         return name
     entry = registry.objectives.get(name)
-    sig = inspect.signature(entry.fn.__init__)
-    known = {k: p for k, p in sig.parameters.items() if k != "self"}
-    for k, v in list(options.items()):
-        if k not in known:
-            raise unknown_name(f"option of objective {name!r}", k, known or {"(none)"})
-        options[k] = _coerce(k, v, known[k].default)
-    return entry.fn(**options)
-
-
-def _coerce(key: str, value, default):
-    if not isinstance(value, str) or isinstance(default, str):
-        return value
-    low = value.strip().lower()
-    if isinstance(default, bool):
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise OptionError(f"option {key} expects true/false, got {value!r}")
-    if low in ("none", "null"):
-        return None
-    try:
-        if isinstance(default, int):
-            return int(low)
-        v = float(low)
-        return v if math.isfinite(v) else value
-    except ValueError:
-        if key == "norm":
-            return value
-        raise OptionError(f"option {key} expects a number, got {value!r}") from None
+    return entry.fn(**bind_options(f"objective {name!r}", keyword_options(entry.fn), options))

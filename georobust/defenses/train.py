@@ -39,6 +39,7 @@ import torch
 
 from ..checks import check_input_shape, check_labels, check_positive, check_x, match_dtype
 from ..errors import CheckpointError, OptionError, OutputError, unknown_name
+from ..evaluation.metrics import accuracy
 from ..models.classifier import Classifier, as_classifier
 from ..storage import atomic_write_bytes, atomic_write_text, ensure_writable, sha256_file
 from .objectives import Objective, eval_mode, inner_max, make_objective
@@ -171,14 +172,18 @@ def _make_schedule(name: str, opt, total_steps: int):
     raise unknown_name("lr schedule", name, SCHEDULES)
 
 
-def evaluate_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    was = model.training
-    model.eval()
-    with torch.inference_mode():
-        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                      for i in range(0, x.shape[0], batch_size))
-    model.train(was)
-    return correct / x.shape[0]
+def _legacy_settings(saved: dict[str, Any], ckpt_dir: Path) -> dict[str, Any]:
+    """Settings of a checkpoint written before ``Adversarial`` lost its ``fast`` option: ``fast=False`` was the
+    plain objective (the key is dropped, so the checkpoint still resumes); ``fast=True`` is now spelled
+    ``fast-adversarial``, which the resumed run must name."""
+    obj = saved.get("objective")
+    if isinstance(obj, dict) and obj.get("name") == "adversarial" and "fast" in obj:
+        if obj["fast"]:
+            raise CheckpointError(f"checkpoint in {ckpt_dir} was made with the objective adversarial(fast=True), "
+                                  "which is now spelled 'fast-adversarial' (options eps, norm, step_size); it "
+                                  "cannot be resumed as 'adversarial': start over with 'fast-adversarial'")
+        saved = {**saved, "objective": {k: v for k, v in obj.items() if k != "fast"}}
+    return saved
 
 
 def robust_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
@@ -276,7 +281,7 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
                               "to start over")
     if resume:
         state = load_checkpoint(ckpt_dir)
-        saved = json.loads(state["settings"])
+        saved = _legacy_settings(json.loads(state["settings"]), ckpt_dir)
         if saved != json.loads(json.dumps(settings)):
             diff = {k: (saved.get(k), settings.get(k)) for k in settings if saved.get(k) != settings.get(k)}
             raise CheckpointError(f"checkpoint in {ckpt_dir} was made with other settings: {diff}")
@@ -324,7 +329,7 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
         rec.update({k: v / x.shape[0] for k, v in sums.items()})
         if eval_data is not None:
             ex, ey = eval_data[0].to(device), eval_data[1].to(device)
-            rec["test_accuracy"] = evaluate_accuracy(model, ex, ey)
+            rec["test_accuracy"] = accuracy(model, ex, ey)
             if robust_eps is not None:
                 rec[f"pgd{robust_steps}_robust_accuracy@{robust_eps:g}"] = robust_accuracy(
                     model, ex[:robust_limit], ey[:robust_limit], eps=robust_eps, steps=robust_steps)
