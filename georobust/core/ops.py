@@ -82,8 +82,10 @@ def random_start(like: torch.Tensor, eps: float | torch.Tensor, norm: str,
     L∞: uniform in the cube. L2: a uniform direction with a radius uniform in ``[0, eps]``, *not* uniform in
     the ball's volume: in ``d`` dimensions a volume-uniform radius is ``eps·u^(1/d)``, which for an image is
     ``eps`` to within a fraction of a percent, so every start would sit on the sphere. The choice was
-    measured (``benchmarks/random_start.py``; numbers in ARCHITECTURE.md). ``generator`` ``None`` draws from
-    torch's global generator on the device of ``like``.
+    measured (``benchmarks/random_start.py``, ``benchmarks/results/random_start.txt``): PGD-L2-20, robust
+    accuracy radius- vs volume-uniform, 1/5 restarts, lenet-fmnist-at eps 2: 0.392/0.367 vs 0.407/0.382, eps 3:
+    0.147/0.122 vs 0.172/0.142; mlp-digits eps 0.5: 0.470/0.447 vs 0.487/0.463 — never weaker in 12 settings.
+    ``generator`` ``None`` draws from torch's global generator on the device of ``like``.
     """
     shape, dev, dt = like.shape, like.device, like.dtype
     e = eps if isinstance(eps, torch.Tensor) else torch.full((shape[0],), float(eps), device=dev, dtype=dt)
