@@ -1269,8 +1269,8 @@ def result_rows(res, what: str) -> list[list[str]]:
 
 
 def _plot_fn(entry):
-    """The figure of a registered analysis: the function of :mod:`georobust.plots` named by its ``plot`` extra
-    (it takes ``{model name: result}`` and a path), or ``None``."""
+    """The figure of a registered analysis: the function of :mod:`georobust.plots` named by its ``plot`` extra,
+    called as ``fn(result.plot_data(label), path)`` (see :mod:`georobust.geometry._report`), or ``None``."""
     from . import plots
 
     name = entry.extra.get("plot")
@@ -1296,7 +1296,8 @@ def analysis_options(entry, option: list[str] | None, *, seed: int = 0) -> dict[
 
 
 def _analysis_help(entry) -> str:
-    return "\n\n".join([_first_paragraph(entry), f"paper: {_paper(entry)}; figure: {entry.extra.get('plot') or '—'}",
+    return "\n\n".join([_first_paragraph(entry), f"paper: {_paper(entry)}; figure (with --out): "
+                         f"{(entry.extra.get('plot_file') or entry.name + '.png') if entry.extra.get('plot') else '—'}",
                          "Options (-o KEY=VALUE; seed defaults to --seed):", _options_help(entry) or "  (none)"])
 
 
@@ -1323,7 +1324,8 @@ def _analyse(entry, s: Shared, *, option, out) -> None:
     name = entry.name
     opts = analysis_options(entry, option, seed=s.seed)
     plot = _plot_fn(entry)
-    files = (f"{name}.json", f"{name}.safetensors") + ((f"{name}.png",) if plot else ())
+    png = entry.extra.get("plot_file") or f"{name}.png"
+    files = (f"{name}.json", f"{name}.safetensors") + ((png,) if plot else ())
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
     with Reporter(name, 1, unit="stages") as rep:
         (res,) = _stages(rep, [(name, lambda: entry.fn(run.clf, run.x, **opts))])
@@ -1333,7 +1335,8 @@ def _analyse(entry, s: Shared, *, option, out) -> None:
         res.save(out / name)
         written = [f"{out}/{name}.json/.safetensors"]
         if plot is not None:
-            written.append(str(plot({s.model: res}, out / f"{name}.png")))
+            data = res.plot_data(s.model) if callable(getattr(res, "plot_data", None)) else {s.model: res}
+            written.append(str(plot(data, out / png)))
         console.print("wrote " + " and ".join(written))
 
 

@@ -337,11 +337,9 @@ def fooling_vs_xi(curves: dict[str, Sequence[tuple[float, float]]], path, *, nor
 def universal_comparison(rates: dict[str, dict[str, float]], path, *, title: str | None = None) -> Path:
     """The four-way bar chart of ICLR 2018 / CVPR 2017 §4 at equal norm: per model, the fooling rates of a
     random vector, a random vector in the flat (normals) subspace, in the curved (Hessian) subspace, and the
-    UAP. ``rates[model] = {"random": …, "flat": …, "curved": …, "uap": …}``, or a
-    :class:`~georobust.geometry.universal_geometry.UniversalGeometry` (its ``fooling``)."""
+    UAP. ``rates[model] = {"random": …, "flat": …, "curved": …, "uap": …}``."""
     import numpy as np
 
-    rates = {m: getattr(r, "fooling", r) for m, r in rates.items()}
     kinds = ["random", "flat", "curved", "uap"]
     models = list(rates)
     w = 0.8 / len(kinds)

@@ -180,8 +180,9 @@ def test_generic_analysis_command(tmp_path):
     assert got.values.shape == (4, 4) and torch.allclose(got.values, want.values, rtol=1e-4, atol=1e-6)
     for row in cli.result_rows(want, "curvature-profile")[1:]:
         assert row[0] in p.stdout
-    if entry.extra.get("plot"):
-        assert (tmp_path / "curvature-profile.png").stat().st_size > 1000
+    if entry.extra.get("plot"):  # the figure its entry names, drawn from result.plot_data
+        png = entry.extra.get("plot_file") or "curvature-profile.png"
+        assert (tmp_path / png).stat().st_size > 1000 and png in p.stdout
 
 
 def test_result_rows_contract():
