@@ -136,3 +136,22 @@ def test_dlr_equals_the_formula_on_a_hand_example():
     assert float(dlr_loss(z, y, torch.tensor([1]))) == pytest.approx(-2 / 2.25, abs=1e-12)
     # a misclassified sample (y = 2 is not the top class): −(2 − 3)/(3 − 1) = +0.5
     assert float(dlr_loss(z, torch.tensor([2]))) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_a_checkpoint_from_before_fast_at_had_one_spelling_still_resumes():
+    """``Adversarial`` lost its ``fast`` option (fast AT is ``fast-adversarial``): a checkpoint whose objective
+    config says ``fast: false`` still matches the plain objective; ``fast: true`` is refused with the new name."""
+    from pathlib import Path
+
+    from georobust.defenses.objectives import make_objective
+    from georobust.defenses.train import _legacy_settings
+    from georobust.errors import CheckpointError
+
+    now = make_objective("adversarial", eps=0.1, steps=10).config()
+    assert "fast" not in now
+    old = {"objective": {**now, "fast": False}, "epochs": 3}
+    assert _legacy_settings(old, Path("ck")) == {"objective": now, "epochs": 3}
+    with pytest.raises(CheckpointError, match="fast-adversarial"):
+        _legacy_settings({"objective": {**now, "fast": True}, "epochs": 3}, Path("ck"))
+    other = {"objective": make_objective("fast-adversarial", eps=0.1).config()}
+    assert _legacy_settings(other, Path("ck")) == other

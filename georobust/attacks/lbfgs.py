@@ -40,7 +40,7 @@ import math
 import numpy as np
 import torch
 from scipy.optimize import Bounds, minimize
-from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+from threadpoolctl import threadpool_limits  # declared in pyproject.toml (one BLAS thread per solve)
 
 from ..checks import check_norm, check_positive, prepare
 from ..core.ops import bcast

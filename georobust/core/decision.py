@@ -2,10 +2,10 @@
 
 A decision-based attack sees only a :class:`~georobust.core.oracle.LabelOracle`. This module holds what such
 attacks share: the frame of a run (validation, the oracle, the first adversarial point by noise and
-bisection, the norm-versus-queries history, the bounded ``eps`` mode, the verified result:
-:func:`run_decision_attack`), the sign-based estimate of the boundary normal from random probes
-(:func:`estimate_normal`, Liu, Moosavi-Dezfooli & Frossard, ICCV 2019; Chen, Jordan & Wainwright, IEEE S&P
-2020), and the search for the boundary along a direction (:func:`line_search`).
+bisection, the norm-versus-queries history, the bounded ``eps`` mode, returned as the attack's
+:class:`~georobust.core.protocol.Run`: :func:`run_decision_attack`), the sign-based estimate of the boundary
+normal from random probes (:func:`estimate_normal`, Liu, Moosavi-Dezfooli & Frossard, ICCV 2019; Chen, Jordan
+& Wainwright, IEEE S&P 2020), and the search for the boundary along a direction (:func:`line_search`).
 """
 
 from __future__ import annotations
