@@ -389,10 +389,6 @@ def _load_model(spec: str, dev: torch.device, logits: str | None):
 
     if ":" in spec and not spec.startswith("zoo:") and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # factory models from the current folder (mymodels:make)
-    if logits is None:
-        return load_model(spec, dev)
-    if "logits" not in inspect.signature(load_model).parameters:
-        raise OptionError("--logits is not supported by this version of georobust's load_model")
     return load_model(spec, dev, logits=logits)
 
 
