@@ -270,9 +270,6 @@ class Prepared:
     def n(self) -> int:
         return int(self.x.shape[0])
 
-    def __iter__(self):  # transitional: removed once every caller uses the fields
-        return iter((self.clf, self.x, self.y, self.target, self.num_classes, self.pred))
-
 
 def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False) -> Prepared:
     """The common preamble of a public entry point: validate model, inputs, labels and targets, once.

@@ -114,7 +114,7 @@ def test_bounds_declared_by_classifier():
     m = Classifier(make_affine().module, bounds=(-1, 1)).eval()
     x = torch.rand(3, 20) * 2 - 1
     p = prepare(m, x)
-    clf, x2, y, k, pred = p.clf, p.x, p.y, p.num_classes, p.pred
+    y, k, pred = p.y, p.num_classes, p.pred
     assert torch.equal(y, pred) and k == 5
     with pytest.raises(InputError, match=r"\[-1, 1\]"):
         prepare(m, x * 3)
