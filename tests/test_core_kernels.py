@@ -9,7 +9,7 @@ from conftest import make_affine
 
 from georobust.core.losses import dlr_loss
 from georobust.core.ops import flat_norm, random_start
-from georobust.core.pgd import WorstCase, pgd_kernel
+from georobust.engine.pgd import WorstCase, pgd_kernel
 
 
 def _binary_affine(d: int = 20, seed: int = 0):

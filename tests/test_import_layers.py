@@ -5,8 +5,8 @@ Every ``import`` and ``from ... import`` statement of every module under ``georo
 
 * no module under ``attacks/``, ``geometry/``, ``defenses/`` imports a private module (a path component
   starting with ``_``) or a private name of another package;
-* the foundation (``errors``, ``storage``, ``core``, ``registry``, ``checks``, ``results``, ``models``,
-  ``data``, ``evaluation.metrics``) imports no method package (``attacks``, ``geometry``, ``defenses``), nor
+* the foundation (``errors``, ``storage``, ``core``, ``engine``, ``registry``, ``checks``, ``results``,
+  ``models``, ``data``, ``evaluation.metrics``) imports no method package (``attacks``, ``geometry``, ``defenses``), nor
   the suite or the CLI;
 * the import graph has no cycle.
 """
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "georobust"
 METHOD_PACKAGES = ("attacks", "geometry", "defenses")
-FOUNDATION = ("errors", "storage", "core", "registry", "checks", "results", "models", "data", "evaluation.metrics",
+FOUNDATION = ("errors", "storage", "core", "engine", "registry", "checks", "results", "models", "data", "evaluation.metrics",
               "plots")
 
 
@@ -89,7 +89,7 @@ def test_the_walk_sees_the_package():
     # the resolution itself: known edges must be found, or the other tests would pass vacuously
     g = graph()
     assert len(MODULES) > 40
-    assert "georobust.core.ops" in g["georobust.attacks.pgd"] or "georobust.core" in g["georobust.attacks.pgd"]
+    assert "georobust.engine.pgd" in g["georobust.attacks.pgd"] and "georobust.core.ops" in g["georobust.engine.pgd"]
     assert "georobust.checks" in g["georobust.attacks.deepfool"]
     assert "georobust.attacks.deepfool" in g["georobust.geometry.normals"]
 
@@ -115,6 +115,14 @@ def test_foundation_does_not_import_methods(module):
         assert pkg not in METHOD_PACKAGES and target not in ("georobust.cli", "georobust.evaluation.suite",
                                                              "georobust"), (
             f"{module} (foundation) imports {target}: the foundation must not depend on methods, the suite or the CLI")
+
+
+def test_core_is_pure():
+    # core/ is the lowest layer: tensor maths and concepts, importing only errors (and other core modules)
+    for m in (m for m in MODULES if m.startswith("georobust.core")):
+        for target in graph()[m]:
+            assert target == "georobust.errors" or target.startswith("georobust.core"), (
+                f"{m} imports {target}: core/ is pure; machinery that needs models goes to georobust.engine")
 
 
 def test_no_import_cycle():

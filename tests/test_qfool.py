@@ -17,8 +17,8 @@ from conftest import make_affine
 from georobust import Classifier
 from georobust.attacks.qfool import qfool
 from georobust.core.dct import dct_1d, dct_2d, idct_1d, idct_2d, low_frequency_noise
-from georobust.core.decision import estimate_normal
-from georobust.core.oracle import LabelOracle, QueryBudgetExceeded, decision_setup
+from georobust.engine.decision import estimate_normal
+from georobust.engine.oracle import LabelOracle, QueryBudgetExceeded, decision_setup
 from georobust.errors import OptionError
 
 

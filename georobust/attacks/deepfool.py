@@ -40,7 +40,7 @@ import torch
 
 from ..checks import check_candidates, check_norm, check_positive, prepare
 from ..core.ops import bcast
-from ..core.protocol import Run, attack
+from ..engine.protocol import Run, attack
 from ..errors import OptionError
 
 log = logging.getLogger(__name__)

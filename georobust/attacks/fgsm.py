@@ -21,7 +21,7 @@ import torch
 from ..checks import check_iterations, check_norm, check_positive, prepare
 from ..core.losses import loss_grad
 from ..core.ops import bcast, steepest_direction
-from ..core.protocol import Run, attack
+from ..engine.protocol import Run, attack
 
 log = logging.getLogger(__name__)
 

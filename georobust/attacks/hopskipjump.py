@@ -10,7 +10,7 @@ From a boundary point ``x_t`` (start: a uniform random image of another class, b
 3. **Boundary search**: bisection on the segment from ``x`` to that point, to precision ``θ = γ/d^{3/2}``
    (the authors' code, ``γ = 1``).
 
-All queries go through the counting :class:`~georobust.core.oracle.LabelOracle`; the attack stops
+All queries go through the counting :class:`~georobust.engine.oracle.LabelOracle`; the attack stops
 when the per-sample budget is spent. ``result.history`` records the best norm after each checkpoint.
 """
 
@@ -21,10 +21,10 @@ import math
 import torch
 
 from ..checks import check_positive
-from ..core.decision import Start, estimate_normal, record, run_decision_attack
 from ..core.ops import bcast
-from ..core.oracle import DecisionProblem
-from ..core.protocol import Run, attack
+from ..engine.decision import Start, estimate_normal, record, run_decision_attack
+from ..engine.oracle import DecisionProblem
+from ..engine.protocol import Run, attack
 
 
 @attack("hopskipjump", threat="decision", norms=("2",))

@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits  # declared in pyproject.toml (one B
 
 from ..checks import check_norm, check_positive, prepare
 from ..core.ops import bcast
-from ..core.protocol import Run, attack
+from ..engine.protocol import Run, attack
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ import torch
 from ..checks import check_iterations, check_norm, check_positive, prepare
 from ..core import ops
 from ..core.losses import LOSSES
-from ..core.pgd import WorstCase, pgd_kernel
-from ..core.protocol import Run, attack
+from ..engine.pgd import WorstCase, pgd_kernel
+from ..engine.protocol import Run, attack
 from ..errors import OptionError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """QFool: a geometry-inspired decision-based attack (Liu, Moosavi-Dezfooli & Frossard, "A geometry-inspired
 decision-based attack", ICCV 2019), and the pooled variant georobust shipped before.
 
-The attack only sees labels, through a counting :class:`~georobust.core.oracle.LabelOracle`. It rests
+The attack only sees labels, through a counting :class:`~georobust.engine.oracle.LabelOracle`. It rests
 on the observation that the decision boundary of deep networks is nearly *flat* around data points, so
 the normal of the boundary can be estimated from label queries at a boundary point and used to jump to a
 closer boundary point.
@@ -55,10 +55,10 @@ import math
 import torch
 
 from ..checks import check_positive
-from ..core.decision import Start, estimate_normal, line_search, record, run_decision_attack
 from ..core.ops import bcast
-from ..core.oracle import DecisionProblem
-from ..core.protocol import Run, attack
+from ..engine.decision import Start, estimate_normal, line_search, record, run_decision_attack
+from ..engine.oracle import DecisionProblem
+from ..engine.protocol import Run, attack
 from ..errors import OptionError
 
 log = logging.getLogger(__name__)

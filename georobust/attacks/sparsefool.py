@@ -29,7 +29,7 @@ import torch
 
 from ..checks import check_candidates, check_norm, check_positive, prepare
 from ..core.ops import bcast
-from ..core.protocol import Run, attack
+from ..engine.protocol import Run, attack
 from ..errors import InputError, OptionError
 from .deepfool import deepfool_batch
 

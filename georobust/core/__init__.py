@@ -1,9 +1,9 @@
-"""The shared machinery every method builds on; nothing in it imports an attack, a geometry tool or a defence.
+"""The lowest layer: tensor maths and the concepts every other layer names, with no model in sight.
 
-Pure tensor code (no model): :mod:`.ops` (broadcasting, norms, steepest directions, projections, random
-starts, generators), :mod:`.losses` (CE, C&W margin, DLR and their input gradients), :mod:`.dct`,
-:mod:`.options` (the one option parser), :mod:`.threat` (threat models) and :mod:`.tasks` (what a model
-outputs and how success is judged). On top of validation and results: :mod:`.pgd` (the one PGD kernel),
-:mod:`.oracle` (label-only access with query counting), :mod:`.decision` (the decision-attack framework),
-:mod:`.protocol` (the attack protocol: timing, parameters, verified result, log). See ARCHITECTURE.md.
+:mod:`.ops` (broadcasting, norms, steepest directions, projections, the random start, generators),
+:mod:`.losses` (CE, C&W margin, DLR and their input gradients), :mod:`.dct`, :mod:`.options` (the one option
+parser), :mod:`.threat` (threat models), :mod:`.tasks` (what a model outputs and how success is judged),
+:mod:`.modes` (train/eval modes), :mod:`.autoload`. It imports only :mod:`georobust.errors` and torch; the
+machinery that runs models (the PGD kernel, the label oracle, the decision-attack framework, the attack
+protocol) is one layer up, in :mod:`georobust.engine`. See ARCHITECTURE.md.
 """

@@ -55,7 +55,7 @@ from ..core.losses import attack_loss
 from ..core.modes import eval_mode, mode_dependent
 from ..core.ops import bcast, flat_norm, project
 from ..core.options import bind_options, keyword_options
-from ..core.pgd import pgd_kernel
+from ..engine.pgd import pgd_kernel
 from ..errors import OptionError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def inner_max(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str 
 
     ``δ ← Π_{B(eps)}(δ + α·d(∇_δ CE(x + δ, y)))`` with ``d`` the steepest-ascent direction of the norm
     (``sign`` for L∞, normalised gradient for L2), clipped to the model's bounds after each step (Madry
-    et al., 2018). It is the package's one PGD kernel (:func:`georobust.core.pgd.pgd_kernel`) without a
+    et al., 2018). It is the package's one PGD kernel (:func:`georobust.engine.pgd.pgd_kernel`) without a
     tracker: unlike :func:`georobust.attacks.pgd.pgd` it neither validates, verifies nor keeps the best
     iterate, and it never synchronises with the host — the cheap attack run at every training step. The
     random start is :func:`georobust.core.ops.random_start` from torch's global generator. The caller

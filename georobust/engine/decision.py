@@ -1,9 +1,9 @@
 """The framework of the decision-based (label-only) attacks — QFool and HopSkipJump build on it.
 
-A decision-based attack sees only a :class:`~georobust.core.oracle.LabelOracle`. This module holds what such
+A decision-based attack sees only a :class:`~georobust.engine.oracle.LabelOracle`. This module holds what such
 attacks share: the frame of a run (validation, the oracle, the first adversarial point by noise and
 bisection, the norm-versus-queries history, the bounded ``eps`` mode, returned as the attack's
-:class:`~georobust.core.protocol.Run`: :func:`run_decision_attack`), the sign-based estimate of the boundary
+:class:`~georobust.engine.protocol.Run`: :func:`run_decision_attack`), the sign-based estimate of the boundary
 normal from random probes (:func:`estimate_normal`, Liu, Moosavi-Dezfooli & Frossard, ICCV 2019; Chen, Jordan
 & Wainwright, IEEE S&P 2020), and the search for the boundary along a direction (:func:`line_search`).
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import Prepared, check_norm, check_positive
+from ..core.dct import low_frequency_noise
+from ..core.ops import bcast
 from ..errors import InputError
-from .dct import low_frequency_noise
-from .ops import bcast
 from .oracle import DecisionProblem, decision_setup
 from .protocol import Run
 
@@ -147,8 +147,8 @@ class Start:
 def run_decision_attack(name: str, model, x, y, target, *, max_queries: int, eps, norm, bounds, batch_size,
                         checkpoints, x_init, start: Start, body) -> Run:
     """Shared frame of QFool and HopSkipJump: validation, the oracle, the first adversarial point, the
-    norm history and the eps mode; returns the attack's :class:`~georobust.core.protocol.Run` (its body is
-    wrapped by :func:`~georobust.core.protocol.attack`, which builds the verified result).
+    norm history and the eps mode; returns the attack's :class:`~georobust.engine.protocol.Run` (its body is
+    wrapped by :func:`~georobust.engine.protocol.attack`, which builds the verified result).
     ``body(prob, idx, xb, labels, state)`` runs the attack proper from the boundary points ``xb``
     (adversarial side, with those labels) of the samples ``idx``; it updates ``state["best_x"]``,
     ``state["best"]`` and the history.

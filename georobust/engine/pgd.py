@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from .losses import attack_loss, loss_grad
-from .ops import bcast, project, steepest_direction
+from ..core.losses import attack_loss, loss_grad
+from ..core.ops import bcast, project, steepest_direction
 
 
 class WorstCase:

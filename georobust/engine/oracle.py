@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..checks import check_labels, check_x, prepare
+from ..core.ops import bcast
 from ..errors import GeorobustError, InputError, ModelError
-from .ops import bcast
 
 log = logging.getLogger(__name__)
 
