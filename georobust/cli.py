@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -733,14 +734,18 @@ def _attack_help(entry) -> str:
                          _options_help(entry)])
 
 
-class AttackGroup(TyperGroup):
-    """``georobust attack NAME``: one sub-command per registered attack; an unknown name is a one-line error."""
+class RegistryGroup(TyperGroup):
+    """A group with one sub-command per registry entry (``attack NAME``, ``analyse NAME``). A name without a
+    command goes to ``check_name``, which raises the one-line error (unknown name with a suggestion, or why
+    the entry has no command here); the commands are listed in registration order."""
+
+    check_name: Callable[[str], Any] = staticmethod(lambda name: None)
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
         if name is not None and not name.startswith("-") and name not in self.commands:
             try:
-                _attack_entry(name)
+                self.check_name(name)
             except GeorobustError as e:
                 _print_error(e)
                 ctx.exit(2)
@@ -748,6 +753,12 @@ class AttackGroup(TyperGroup):
 
     def list_commands(self, ctx):
         return list(self.commands)
+
+
+class AttackGroup(RegistryGroup):
+    """``georobust attack NAME``: one sub-command per registered per-sample attack."""
+
+    check_name = staticmethod(lambda name: _attack_entry(name))
 
 
 attack_app = typer.Typer(cls=AttackGroup, no_args_is_help=True, invoke_without_command=True,
@@ -1032,24 +1043,16 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------- analyse
-class AnalyseGroup(TyperGroup):
-    """``georobust analyse NAME``: one sub-command per registered analysis (``registry.analyses``); an unknown
-    name is a one-line error with a suggestion."""
+def _analysis_without_command(name: str) -> None:
+    registry.analyses.get(name)  # an unknown name: the error with a suggestion
+    raise OptionError(f"analysis {name!r} is registered after the command line was built; "
+                      "import its module before georobust.cli")
 
-    def resolve_command(self, ctx, args):
-        name = args[0] if args else None
-        if name is not None and not name.startswith("-") and name not in self.commands:
-            try:
-                registry.analyses.get(name)
-                raise OptionError(f"analysis {name!r} is registered after the command line was built; "
-                                  "import its module before georobust.cli")
-            except GeorobustError as e:
-                _print_error(e)
-                ctx.exit(2)
-        return super().resolve_command(ctx, args)
 
-    def list_commands(self, ctx):
-        return list(self.commands)
+class AnalyseGroup(RegistryGroup):
+    """``georobust analyse NAME``: one sub-command per registered analysis (``registry.analyses``)."""
+
+    check_name = staticmethod(_analysis_without_command)
 
 
 analyse_app = typer.Typer(cls=AnalyseGroup, no_args_is_help=True,
