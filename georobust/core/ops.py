@@ -48,12 +48,6 @@ def project(delta: torch.Tensor, eps: torch.Tensor | float, norm: str) -> torch.
     raise OptionError(f"projection onto the {norm} ball is not supported")
 
 
-def project_box(x_adv: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
-    """Clip to the input box ``[lo, hi]``; for a point of ``x + ball`` it stays in the ball (clipping only moves
-    coordinates towards ``x``, which lies in the box)."""
-    return x_adv.clamp(*bounds)
-
-
 def make_generator(device: torch.device, seed: int | None = None,
                    generator: torch.Generator | None = None) -> torch.Generator:
     """A generator on ``device`` from ``seed`` or ``generator`` (default: seeded from torch's global RNG,
