@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import on_boundary
 
 from georobust.errors import CheckpointError, OptionError
 from georobust.evaluation.cascade import CascadeResult, cascade, resolve_attacks
-from tests.conftest import on_boundary
 
 EPS = 0.05
 
