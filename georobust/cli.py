@@ -993,14 +993,22 @@ def evaluate(
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="ATTACK.KEY=VALUE",
                                                help="an option of one attack, repeatable (e.g. pgd.steps=20)"),
     out: Optional[Path] = typer.Option(None, help="write evaluation.json, results and figures into this folder"),
+    preset: Optional[str] = typer.Option(None, help="run a cascade instead: 'standard' = APGD-CE → APGD-T → FAB-T → "
+                                         "Square, each on the samples still robust, at one --eps; robust accuracy "
+                                         "is the per-sample worst case"),
+    resume: bool = typer.Option(False, "--resume", help="with --preset: continue the cascade whose state is in --out"),
 ):
-    """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation)."""
+    """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation), or the standard
+    cascade of strong attacks at one ε (--preset standard)."""
     from .checks import check_norm
     from .evaluation import evaluate as run_eval
     from .evaluation import save_evaluation
     from .evaluation.suite import DEFAULT_EPS, default_attacks
 
     nrm = check_norm(norm)
+    if preset is not None or resume:
+        _evaluate_cascade(s, preset=preset, attacks=attacks, eps=eps, norm=nrm, option=option, out=out, resume=resume)
+        return
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
     for a in names:
         e = registry.attacks.get(a)
@@ -1040,6 +1048,41 @@ def evaluate(
     if out is not None:
         written = save_evaluation(ev, results, out, classes=_classes(s))
         console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _evaluate_cascade(s: Shared, *, preset, attacks, eps, norm, option, out, resume) -> None:
+    """``evaluate --preset NAME``: the cascade at one ε (georobust.evaluation.cascade), with the alarms."""
+    from .evaluation.cascade import cascade, resolve_attacks
+
+    if attacks is not None:
+        raise OptionError("give --preset or --attacks, not both (a preset names its attacks)")
+    if resume and out is None:
+        raise OptionError("--resume needs --out (the folder holding the cascade's state)")
+    names = resolve_attacks(preset or "standard", None, norm)
+    eps_list = _floats(eps, "--eps")
+    if not eps_list or len(eps_list) != 1:
+        raise OptionError("a cascade runs at one budget: give exactly one --eps (e.g. --eps 0.1)")
+    options = _eval_options(option, names)
+    files = ("cascade_result.json", "cascade_result.safetensors")
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    state = None if out is None else out / "cascade-state"
+    with Reporter("cascade", len(names), unit="attacks") as rep:
+        def on_attack(name, i, total, active):
+            rep.update(i, description=f"{name} on {active} robust samples ({i + 1}/{total})")
+        res = cascade(run.clf, run.x, run.y, eps=eps_list[0], norm=norm, preset=preset or "standard",
+                      options=options, seed=s.seed, state_dir=state, resume=resume, model_name=s.model,
+                      on_attack=on_attack)
+        rep.update(len(names), description="cascade done")
+    console.print(f"{s.model} on {s.data} ({s.split}, n={res.robust.numel()}): clean accuracy "
+                  f"{res.clean_accuracy:.4f}, robust accuracy {res.robust_accuracy:.4f} at ε={res.eps:g} "
+                  f"(L{'∞' if norm == 'inf' else norm}, per-sample worst case over {', '.join(res.attacks)})")
+    _print_table("cascade", res.table())
+    if res.alarms:
+        _print_table("alarms", [["alarm", "fired", "value", "message"]] + [
+            [a["name"], "YES" if a["fired"] else "no", _fmt(a.get("value")), a.get("message", "")] for a in res.alarms])
+    _warn(list(res.warnings) + [f"alarm {a['name']}: {a['message']}" for a in res.alarms if a["fired"]])
+    if out is not None:
+        console.print(f"wrote {res.save(out / 'cascade_result')}")
 
 
 # ------------------------------------------------------------------------------------------- analyse
