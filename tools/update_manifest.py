@@ -4,7 +4,11 @@ Each ``NAME.safetensors`` has a ``NAME.json`` beside it written by ``georobust t
 records the file, its sha256, the architecture, data set, seed, the exact training command and the
 measured test accuracy (recomputed here on the full test split, not copied from the training log) and a
 robust accuracy: PGD L∞ (``ROBUST``: eps, 20 steps, 2 restarts, seed 0) on the first ``ROBUST["n"]`` test
-images — the number ``tests/test_models.py`` recomputes.
+images — the number ``tests/test_models.py`` recomputes — and the robust accuracy under the standard cascade
+(``CASCADE``: APGD-CE → APGD-T → FAB-T → Square, per-sample worst case, same eps and images).
+
+    python tools/update_manifest.py [NAME ...]             # everything for NAME (default: every model)
+    python tools/update_manifest.py --cascade-only [NAME]  # only add/refresh the cascade numbers
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import torch
 from georobust import data
 from georobust.attacks.pgd import pgd
 from georobust.evaluation import accuracy
+from georobust.evaluation.cascade import cascade
 from georobust.models.io import MANIFEST, WEIGHTS_DIR, load_weights, sha256
+from georobust.storage import atomic_write_text
 
 #: the robust-accuracy measurement recorded for every shipped model (L∞ PGD, worst case over restarts)
 ROBUST = {"attack": "pgd", "norm": "inf", "eps": {"digits": 0.05, "fashion-mnist": 0.1}, "steps": 20, "restarts": 2,
@@ -33,22 +39,45 @@ def robust_accuracy(clf, data_name: str) -> dict:
             "eps": eps, "n": int(x.shape[0]), "value": round(1.0 - r.success_rate, 4)}
 
 
+#: the cascade measurement recorded for every shipped model
+CASCADE = {"preset": "standard", "norm": "inf", "eps": ROBUST["eps"], "seed": 0, "n": 500}
+
+
+def cascade_accuracy(clf, data_name: str) -> dict:
+    """Robust accuracy of ``clf`` under the standard cascade as recorded in the manifest (``CASCADE``)."""
+    x, y = data.load(data_name, "test", limit=CASCADE["n"])
+    eps = CASCADE["eps"][data_name]
+    c = cascade(clf, x, y, eps=eps, norm=CASCADE["norm"], preset=CASCADE["preset"], seed=CASCADE["seed"])
+    return {"attack": "standard cascade (APGD-CE, APGD-T, FAB-T, Square) L∞, seed 0", "eps": eps,
+            "n": int(x.shape[0]), "value": round(c.robust_accuracy, 4),
+            "broke": {a["attack"]: a["broke"] for a in c.per_attack}}
+
+
 def main(names: list[str]) -> None:
+    torch.set_num_threads(2)
     man = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    if names[:1] == ["--cascade-only"]:
+        for name in names[1:] or sorted(man):
+            meta = man[name]
+            man[name]["cascade_robust_accuracy"] = cascade_accuracy(load_weights(WEIGHTS_DIR / meta["file"]),
+                                                                    meta["data"])
+            print(f"{name}: cascade robust accuracy {man[name]['cascade_robust_accuracy']}")
+        atomic_write_text(MANIFEST, json.dumps(dict(sorted(man.items())), indent=2) + "\n")
+        return
     files = [WEIGHTS_DIR / f"{n}.safetensors" for n in names] if names else sorted(WEIGHTS_DIR.glob("*.safetensors"))
     for f in files:
         meta = json.loads(f.with_suffix(".json").read_text())
         clf = load_weights(f)
         x, y = data.load(meta["data"], "test")
-        torch.set_num_threads(2)
         acc = accuracy(clf, x, y)
         man[f.stem] = {"file": f.name, "sha256": sha256(f), "arch": meta["arch"], "data": meta["data"],
                        "seed": meta["seed"], "epochs": meta["epochs"], "objective": meta["objective"],
                        "command": meta["command"], "test_accuracy": round(acc, 4),
                        "robust_accuracy": robust_accuracy(clf, meta["data"]),
+                       "cascade_robust_accuracy": cascade_accuracy(clf, meta["data"]),
                        **({"init": meta["init"]} if "init" in meta else {})}
         print(f"{f.stem}: test accuracy {acc:.4f}, robust accuracy {man[f.stem]['robust_accuracy']}")
-    MANIFEST.write_text(json.dumps(dict(sorted(man.items())), indent=2) + "\n")
+    atomic_write_text(MANIFEST, json.dumps(dict(sorted(man.items())), indent=2) + "\n")
 
 
 if __name__ == "__main__":
