@@ -542,12 +542,15 @@ def zoo_list(s: Shared):
     from .models import manifest
 
     console.print("architectures: " + ", ".join(registry.architectures.names()))
-    rows = [["model", "arch", "data", "test accuracy", "robust accuracy (PGD L∞)", "seed", "command"]]
+    rows = [["model", "arch", "data", "test accuracy", "robust accuracy (PGD L∞)", "robust accuracy (cascade)",
+             "seed", "command"]]
+
+    def fmt(rob):
+        return f"{rob['value']:.4f} at ε={rob['eps']:g} (n={rob['n']})" if rob else "—"
+
     for name, e in manifest().items():
-        rob = e.get("robust_accuracy")
-        rob_s = f"{rob['value']:.4f} at ε={rob['eps']:g} (n={rob['n']})" if rob else "—"
-        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", rob_s, str(e["seed"]),
-                     e["command"]])
+        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", fmt(e.get("robust_accuracy")),
+                     fmt(e.get("cascade_robust_accuracy")), str(e["seed"]), e["command"]])
     _print_table("shipped models", rows)
 
 
