@@ -5,6 +5,8 @@ IEEE S&P 2020) may only ask "which label does the model give this input?". :clas
 only handle such an attack receives: it answers labels, never logits or gradients, and counts every query
 *per sample* (the attack says which sample each queried input belongs to). An optional per-sample budget
 is enforced: a query beyond it raises :class:`QueryBudgetExceeded` instead of being answered.
+:class:`ScoreOracle` is the same for score-based attacks (Square, SPSA): it answers scores (logits), counted
+the same way.
 
 :class:`DecisionProblem` bundles the oracle with the clean inputs, the labels (or targets) and the box, and
 provides the batched building blocks shared by the decision-based attacks: the adversarial criterion, the
@@ -92,6 +94,77 @@ class LabelOracle:
             raise QueryBudgetExceeded(f"a query beyond the per-sample budget of {self.budget} was asked")
         self.queries += counts
         return self._labels(xq.detach())
+
+    def remaining(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-sample queries left under the budget (a large number if unlimited)."""
+        if self.budget is None:
+            return torch.full_like(idx, 2**62)
+        return self.budget - self.queries[idx]
+
+
+class ScoreOracle:
+    """Score access over a batch of ``n`` samples: ``oracle(inputs, idx) -> scores (m, K)``, counted per sample.
+
+    The handle of a score-based black-box attack (Square, Andriushchenko et al., ECCV 2020; SPSA, Uesato et
+    al., ICML 2018): it answers the model's scores (logits) and nothing else — no gradients — and counts
+    every queried input against the sample ``idx[j]`` it is spent on, exactly as :class:`LabelOracle` does.
+    A query beyond the per-sample ``budget`` raises :class:`QueryBudgetExceeded` instead of being answered
+    (the whole call is refused, nothing is counted).
+
+    Args:
+        fn: a callable mapping a batch of inputs ``(m, ...)`` to scores ``(m, K)``.
+        n: the number of samples under attack.
+        bounds: the input box of the model.
+        budget: per-sample query budget (``None``: unlimited).
+        batch_size: the largest batch sent to ``fn`` at once (counting is independent of it).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, bounds=(0.0, 1.0),
+                 budget: int | None = None, batch_size: int = 4096, device=None):
+        if not callable(fn):
+            raise ModelError(f"a score oracle needs a callable returning scores (m, K), got {type(fn).__name__}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InputError(f"the query budget must be an integer >= 1 (or None), got {budget!r}")
+        self._fn = fn
+        self.n = int(n)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.budget = budget
+        self.batch_size = int(batch_size)
+        self.queries = torch.zeros(self.n, dtype=torch.long, device=device)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, n: int, **kw) -> ScoreOracle:
+        """An oracle answering ``model(x)`` (under inference mode) — the model itself stays hidden."""
+
+        def scores(xq: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(xq)
+
+        kw.setdefault("bounds", getattr(model, "bounds", (0.0, 1.0)))
+        return cls(scores, n, **kw)
+
+    def _scores(self, xq: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, xq.shape[0], self.batch_size):
+            m = min(self.batch_size, xq.shape[0] - i)
+            o = torch.as_tensor(self._fn(xq[i:i + self.batch_size]), device=xq.device)
+            if o.ndim != 2 or o.shape[0] != m:
+                raise ModelError(f"the score oracle must return scores (m, K); got shape {tuple(o.shape)} "
+                                 f"for {m} inputs")
+            out.append(o)
+        return torch.cat(out)
+
+    def __call__(self, xq: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Scores of the inputs ``xq`` (``(m, ...)``), each spent on sample ``idx[j]``; counts ``m`` queries."""
+        if xq.shape[0] != idx.shape[0]:
+            raise InputError(f"{xq.shape[0]} queries but {idx.shape[0]} sample indices")
+        if xq.shape[0] == 0:
+            raise InputError("a score query needs at least one input")
+        counts = torch.zeros_like(self.queries).index_add_(0, idx, torch.ones_like(idx))
+        if self.budget is not None and bool(((self.queries + counts) > self.budget).any()):
+            raise QueryBudgetExceeded(f"a query beyond the per-sample budget of {self.budget} was asked")
+        self.queries += counts
+        return self._scores(xq.detach())
 
     def remaining(self, idx: torch.Tensor) -> torch.Tensor:
         """Per-sample queries left under the budget (a large number if unlimited)."""
