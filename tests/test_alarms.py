@@ -58,20 +58,36 @@ def test_quantized_rounds_the_input_and_has_zero_gradients(mlp, digits):
         assert torch.count_nonzero(g) == 0
 
 
-@pytest.mark.parametrize("output", ["probabilities", "log"])
+@pytest.mark.parametrize("output", ["log_softmax", "probabilities"])
 def test_saturated_keeps_predictions_and_kills_gradients(mlp, digits, output):
     x, y = digits
     s = Saturated(mlp, temperature=1e4, output=output)
     with torch.no_grad():
         out, z = s(x), mlp(x)
     assert torch.equal(out.argmax(1), z.argmax(1))
+    correct = z.argmax(1) == y
+    top2 = z.topk(2, dim=1).values
+    clear = correct & (top2[:, 0] - top2[:, 1] > 0.0104)  # T·margin > 104: exp underflows to exactly 0
+    assert clear.float().mean() > 0.9
+    g_ce, _, _ = loss_grad(s, x, y, loss="ce")
+    g_cw, _, _ = loss_grad(s, x, y, loss="cw")
+    assert torch.count_nonzero(g_ce[clear]) == 0
     if output == "probabilities":
         assert (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(x)))
+        assert torch.count_nonzero(g_cw[clear]) == 0          # every loss is flat
     else:
-        assert (out <= 0).all() and float(out.min()) == pytest.approx(torch.log(torch.tensor(
-            torch.finfo(torch.float32).tiny)).item())
-    g, _, _ = loss_grad(s, x, y, loss="ce")
-    assert torch.count_nonzero(g) == 0
+        assert torch.allclose(out, torch.log_softmax(1e4 * z, dim=1))
+        assert (g_cw.flatten(1).abs().sum(1) > 0).all()      # the margin still sees the base model
+
+
+def test_saturated_stalls_ce_attacks_not_scale_invariant_ones(mlp, digits):
+    # the masking is real (PGD-CE stalls) and the standard cure works (the DLR loss ignores the scale T)
+    x, y = digits
+    s = Saturated(mlp)
+    ra = {(name, loss): georobust.pgd(m, x, y, eps=EPS, steps=20, seed=0, loss=loss).robust_accuracy([EPS])[0]
+          for name, m in (("base", mlp), ("saturated", s)) for loss in ("ce", "dlr")}
+    assert ra["saturated", "ce"] > ra["base", "ce"] + 0.4
+    assert abs(ra["saturated", "dlr"] - ra["base", "dlr"]) <= 0.01  # the same loss up to round-off
 
 
 def test_randomized_differs_per_pass_is_reproducible_and_stays_in_the_box(mlp, digits):
@@ -95,7 +111,7 @@ def test_masking_models_refuse_bad_options(mlp):
     with pytest.raises(ModelError, match="temperature"):
         Saturated(mlp, temperature=0)
     with pytest.raises(ModelError, match="output"):
-        Saturated(mlp, output="logits")
+        Saturated(mlp, output="log")
     with pytest.raises(ModelError, match="randomness"):
         Randomized(mlp, sigma=0, resize=None)
     with pytest.raises(ModelError, match="resize"):
@@ -113,17 +129,19 @@ def test_masking_models_refuse_bad_options(mlp):
 
 def test_gradients_alarm_fires_on_quantized_and_saturated(mlp, digits):
     x, y = digits
-    for model in (Quantized(mlp), Saturated(mlp), Saturated(mlp, output="log")):
+    for model in (Quantized(mlp), Saturated(mlp, output="probabilities")):
         a = A.gradients(model, x, y)
         assert a.name == "gradients" and a.fired and a.value == 1.0 and a.threshold == A.GRADIENT_FRACTION
         assert "gradient-free" in a.message
+    a = A.gradients(Saturated(mlp), x, y)   # log_softmax: the CE's gradient vanishes, the margin's does not
+    assert a.fired and a.value > 0.9 and "cw: 0.0%" in a.message
 
 
 def test_probabilities_alarm_fires_on_saturated_probabilities_only(mlp, digits):
     x, _ = digits
-    a = A.probabilities(Saturated(mlp), x)
+    a = A.probabilities(Saturated(mlp, output="probabilities"), x)
     assert a.fired and a.value is not None and a.value < 1e-5
-    assert not A.probabilities(Saturated(mlp, output="log"), x).fired  # looks like logits: the gradients alarm's job
+    assert not A.probabilities(Saturated(mlp), x).fired  # log_softmax looks like logits: the gradients alarm's job
 
 
 def test_randomized_alarm_fires_on_randomized(mlp, digits):

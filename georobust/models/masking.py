@@ -10,13 +10,14 @@ alarm accepts it. They reproduce the three kinds of obfuscated gradients of Atha
   pixel (a rounding, as in thermometer/bit-depth defences), so the input gradient is exactly zero almost
   everywhere;
 * :class:`Saturated` — *vanishing* gradients: the base's logits are multiplied by a huge temperature behind a
-  softmax, so the softmax is one-hot in floating point and its gradient is exactly zero;
+  softmax, so the softmax is one-hot in floating point and the cross-entropy's gradient is exactly zero (and,
+  with ``output="probabilities"``, every loss's);
 * :class:`Randomized` — *stochastic* gradients: random noise and/or a random resize-and-pad (Xie et al.,
   "Mitigating adversarial effects through randomization", ICLR 2018) at every forward pass.
 
 They are for tests and demonstrations, never defences: each is broken by the matching adaptive attack
-(BPDA for :class:`Quantized`, a margin/DLR loss on the base logits for :class:`Saturated`, EOT for
-:class:`Randomized`).
+(BPDA or a gradient-free attack for :class:`Quantized`, a margin/DLR loss or a score-based attack for
+:class:`Saturated`, a label-only attack for its ``"probabilities"`` form, EOT for :class:`Randomized`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..errors import ModelError
 from .classifier import Classifier, as_classifier
 
 #: what :class:`Saturated` may return
-SATURATED_OUTPUTS = ("probabilities", "log")
+SATURATED_OUTPUTS = ("log_softmax", "probabilities")
 
 
 def _base(base: nn.Module, what: str) -> Classifier:
@@ -105,20 +106,28 @@ class Quantized(_Masked):
 
 
 class Saturated(_Masked):
-    """The base's logits ``z`` behind a softmax at a huge temperature ``T`` (vanishing gradients).
+    """The base's logits ``z`` behind a softmax at a huge temperature ``T`` (vanishing gradients, as in
+    defensive distillation evaluated at temperature 1: Carlini & Wagner, "Defensive distillation is not robust
+    to adversarial examples", 2016).
 
-    Returns, for ``output="probabilities"`` (default), ``softmax(T·z)`` — probabilities, not logits, which the
-    probabilities alarm also catches; for ``output="log"``, ``log(max(softmax(T·z), tiny))`` (``tiny`` the
-    smallest normal number of the dtype, as ``Classifier(logits="log")`` does) — values that look like logits
-    (0 for the top class, ``log(tiny)`` ≈ −87.3 in float32 for the others), so only the gradients alarm sees it.
+    Returns, for ``output="log_softmax"`` (default), ``log_softmax(T·z)`` computed stably
+    (``T·z − logsumexp(T·z)``): logits up to a per-sample constant, scaled by ``T``. Its cross-entropy is the
+    base's at temperature ``T``, whose gradient with respect to the outputs, ``softmax(T·z) − onehot(y)``, is
+    exactly zero in float32 once ``T·(z_y − z_j) > 104`` for every other class ``j`` (``exp`` underflows) and
+    below round-off once it exceeds about 17: with ``T = 10⁴``, on every correctly classified input whose top two
+    logits differ by more than ``10⁻²`` — so CE attacks (FGSM, PGD, APGD-CE) stall, while the margin and
+    the DLR loss (invariant to the scale ``T``) and score-based attacks see the base model. The probabilities
+    alarm stays silent; the gradients alarm fires (on the CE).
 
-    Predictions are the base's (the arg-max is unchanged). Once ``T·(z_top − z_other)`` exceeds about 17 in
-    float32 the softmax rounds to exactly one-hot, and its backward pass ``p ⊙ (g − ⟨p, g⟩)`` is then exactly
-    zero: with ``T = 10⁴`` that holds for every input whose top two logits differ by more than ``2·10⁻³``, so the
-    input gradients of the cross-entropy and of the margin vanish on (almost) every input.
+    For ``output="probabilities"``, ``softmax(T·z)``: probabilities, one-hot in floating point, whose backward
+    pass ``p ⊙ (g − ⟨p, g⟩)`` is then exactly zero for *every* loss (CE and margin alike), and whose scores are
+    flat — only a label-only (decision) attack sees anything. Both the probabilities and the gradients alarms
+    fire.
+
+    Predictions are the base's in both cases (the arg-max is unchanged).
     """
 
-    def __init__(self, base: nn.Module, temperature: float = 1e4, output: str = "probabilities"):
+    def __init__(self, base: nn.Module, temperature: float = 1e4, output: str = "log_softmax"):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 \
                 or temperature == float("inf"):
             raise ModelError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -130,10 +139,9 @@ class Saturated(_Masked):
         self.output = output
 
     def post(self, z: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(self.temperature * z, dim=1)
         if self.output == "probabilities":
-            return p
-        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+            return torch.softmax(self.temperature * z, dim=1)
+        return torch.log_softmax(self.temperature * z, dim=1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", temperature={self.temperature:g}, output={self.output!r}"
