@@ -292,3 +292,25 @@ def test_run_alarms_refuses_unknown_roles_and_other_inputs(mlp, digits):
         A.run_alarms(mlp, x, y, eps=EPS, results={"pgd": _result([True])})
     with pytest.raises(InputError, match="other inputs"):
         A.run_alarms(mlp, x, y, eps=EPS, results={"white": _result([True, False])})
+
+
+def _square(model, x, y, eps):
+    # torchattacks' Square attack (Andriushchenko et al., ECCV 2020) as the score-based peer, verified here
+    torchattacks = pytest.importorskip("torchattacks")
+    from georobust.checks import predict
+    from georobust.results import make_result
+
+    x_adv = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, p_init=0.8, seed=0)(x, y)
+    return make_result("square", model, x, x_adv, y, predict(model, x), params={"eps": eps}, threat="bounded-lp")
+
+
+def test_blackbox_beats_whitebox_fires_on_masking_models_not_on_mlp_digits(mlp, digits):
+    x, y = digits
+    values = {}
+    for name, model in (("mlp", mlp), ("saturated", Saturated(mlp)), ("quantized", Quantized(mlp))):
+        white = [georobust.pgd(model, x, y, eps=EPS, steps=40, restarts=2, seed=0, loss=loss) for loss in ("ce", "cw")]
+        a = A.blackbox_beats_whitebox(white[0] if name == "saturated" else white, _square(model, x, y, EPS), eps=EPS)
+        values[name] = (a.fired, a.value)
+    assert values["mlp"] == (False, 0.0)
+    assert values["saturated"][0] and values["saturated"][1] > 0.3   # PGD-CE stalls on it, Square does not
+    assert values["quantized"][0] and values["quantized"][1] > 0.1   # no gradient at all
