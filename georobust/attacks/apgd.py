@@ -89,7 +89,7 @@ def halving_decision(increases: torch.Tensor, length: int, best: torch.Tensor, b
     Returns:
         ``(increases <= rho·length) | (~reduced_last & (best <= best_last))`` — condition 1 or condition 2.
     """
-    cond1 = increases.to(torch.float64) <= rho * length
+    cond1 = increases <= rho * length
     cond2 = ~reduced_last & (best <= best_last)
     return cond1 | cond2
 
