@@ -29,10 +29,11 @@ restart) and keeps its smallest adversarial perturbation, the minimum over targe
 Restarts after the first start at a random point at radius ``0.5·min(best norm, eps)`` from ``x_orig`` (the
 paper's random start; at ``x_orig`` itself while neither is known).
 
-Implementation, batched over the *active* samples (those not yet broken, each doing its own steps): one
-forward pass with graph per step gives both the adversarial test of the current iterate and its
-linearisation; only the samples that just became adversarial (and stepped back) are passed again. The
-projection solver is exact and batched (sort the breakpoints, one cumulative sum; no per-sample loop).
+Implementation, batched over the *active* samples (those not yet broken, each doing its own steps): per
+step one forward and backward pass for the linearisation (one backward for a target, ``K − 1`` untargeted)
+and one forward pass for the adversarial test of the new iterate, as the reference code; the linearisation's
+logits also test the stepped-back point, which is kept when it is still adversarial (free, and never worse).
+The projection solver is exact and batched (sort the breakpoints, one cumulative sum; no per-sample loop).
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ def _fab_steps(clf, x_orig: torch.Tensor, y: torch.Tensor, others: torch.Tensor,
     """One FAB run (one target or untargeted, one start) on the samples ``rows`` of the whole batch.
 
     ``x_orig``, ``y``, ``others`` (the classes linearised against ``y``), ``start`` are those samples';
-    ``best`` and ``iterations`` are indexed by ``rows``.
+    ``best`` and ``iterations`` are indexed by ``rows``. Per step: one forward and backward pass at the
+    iterates (the linearisation; its logits also show whether a stepped-back iterate is still adversarial,
+    which is kept when smaller) and one forward pass at the new iterates (the adversarial test).
     """
     lo, hi = clf.bounds
     shape = x_orig.shape[1:]
@@ -166,33 +169,27 @@ def _fab_steps(clf, x_orig: torch.Tensor, y: torch.Tensor, others: torch.Tensor,
     cur = start.clone()
     act = torch.arange(rows.numel(), device=x_orig.device)
     q = "1" if norm == "inf" else "2"
-    for k in range(steps + 1):
+
+    def record(adv: torch.Tensor, g=None, w=None):
+        """Keep the adversarial iterates ``act[adv]``; with ``eps``, drop the samples now broken."""
+        nonlocal act
+        if not bool(adv.any()):
+            return adv, g, w
+        a_loc = act[adv]
+        best.offer(rows[a_loc], cur[a_loc], x_orig[a_loc])
+        if eps is not None:
+            keep = best.size[rows[act]] > eps
+            act, adv = act[keep], adv[keep]
+            if g is not None:
+                g, w = g[keep], w[keep]
+        return adv, g, w
+
+    for _ in range(steps):
         if act.numel() == 0:
             return
         logits, g, w = _linearise(clf, cur[act], y[act], others[act])
-        adv = logits.argmax(1) != y[act]
-        if bool(adv.any()):
-            a_loc = act[adv]
-            best.offer(rows[a_loc], cur[a_loc], x_orig[a_loc])
-            if eps is not None:  # broken within eps: this sample is done
-                keep = best.size[rows[act]] > eps
-                act, g, w, adv = act[keep], g[keep], w[keep], adv[keep]
-                if act.numel() == 0:
-                    return
-            if bool(adv.any()) and k < steps:  # the paper's backward step, then linearise there
-                a_loc = act[adv]
-                cur[a_loc] = x_orig[a_loc] + beta * (cur[a_loc] - x_orig[a_loc])
-                lg2, g2, w2 = _linearise(clf, cur[a_loc], y[a_loc], others[a_loc])
-                adv2 = lg2.argmax(1) != y[a_loc]
-                if bool(adv2.any()):  # the stepped-back point is adversarial too: a smaller perturbation
-                    best.offer(rows[a_loc[adv2]], cur[a_loc[adv2]], x_orig[a_loc[adv2]])
-                g[adv], w[adv] = g2, w2
-                if eps is not None and bool(adv2.any()):
-                    keep = best.size[rows[act]] > eps
-                    act, g, w = act[keep], g[keep], w[keep]
-                    if act.numel() == 0:
-                        return
-        if k == steps:
+        _, g, w = record(logits.argmax(1) != y[act], g, w)
+        if act.numel() == 0:
             return
         # the closest linearised boundary (one column for a target)
         if g.shape[1] > 1:
@@ -212,6 +209,12 @@ def _fab_steps(clf, x_orig: torch.Tensor, y: torch.Tensor, others: torch.Tensor,
         xn = ((1 - alpha) * (xk + eta * d_k) + alpha * (xo + eta * d_o)).clamp(lo, hi)
         cur[act] = xn.reshape(-1, *shape)
         iterations[rows[act]] += 1
+        with torch.inference_mode():
+            adv = clf(cur[act]).argmax(1) != y[act]
+        adv, _, _ = record(adv)
+        if bool(adv.any()):  # the paper's backward step towards the original point
+            a_loc = act[adv]
+            cur[a_loc] = x_orig[a_loc] + beta * (cur[a_loc] - x_orig[a_loc])
 
 
 def _random_start(x: torch.Tensor, radius: torch.Tensor, norm: str, gen: torch.Generator, lo: float,
