@@ -196,7 +196,7 @@ def _square_chunk(oracle: ScoreOracle, x0: torch.Tensor, y: torch.Tensor, idx: t
     return xb
 
 
-@attack("square", threat="bounded-lp", norms=("inf", "2"), chunking="remaining")
+@attack("square", threat="bounded-lp", norms=("inf", "2"), chunking="remaining", access="scores")
 def square(model, x, y=None, *, eps: float, norm="inf", max_queries: int = 5000, p_init: float = 0.8,
            loss: str = "margin", seed: int | None = 0, batch_size: int = 1024) -> Run:
     """Square attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), untargeted, L∞ or L2, scores only.
@@ -207,7 +207,7 @@ def square(model, x, y=None, *, eps: float, norm="inf", max_queries: int = 5000,
         eps: the radius of the ball (``0``: nothing is queried, the inputs are returned).
         norm: ``"inf"`` or ``"2"``.
         max_queries: per-sample query budget (the start included); default 5,000 as in AutoAttack.
-        p_init: the initial fraction of pixels a square covers (0.8 in the paper for L∞ and L2 in AutoAttack).
+        p_init: the fraction of the image the first squares cover (0.8: AutoAttack's value, L∞ and L2).
         loss: ``"margin"`` (C&W margin, the paper's untargeted loss) or ``"ce"``.
         seed: seed of the random windows and signs (``None``: random).
         batch_size: samples attacked together (and the largest batch sent to the model).
