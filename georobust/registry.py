@@ -11,6 +11,8 @@ Each :class:`Entry` carries what the rest of the package dispatches on, never on
 * ``threat``: the threat model of an attack (:mod:`georobust.core.threat`): how its perturbation's size is
   measured and how robust accuracy is read from its result;
 * ``task``: what the model outputs and how success is judged (:mod:`georobust.core.tasks`);
+* ``access``: what an attack needs of the model: ``"gradient"`` (white-box), ``"scores"`` (score-based:
+  logits only, e.g. Square, SPSA) or ``"labels"`` (decision-based); the cascade's alarms compare the kinds;
 * ``chunking``: how the CLI may split a run into chunks to show progress (``"position"``: each sample's
   answer is independent of the others and of the chunking; ``"remaining"``: the attack draws randomness per
   batch, so chunks are taken over the samples still to do; ``None``: run whole);
@@ -30,6 +32,7 @@ from .core.threat import ThreatModel, threat_model
 from .errors import OptionError, unknown_name
 
 CHUNKING = (None, "position", "remaining")
+ACCESS = ("gradient", "scores", "labels")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Entry:
     task: str = "classification"
     chunking: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    access: str = "gradient"
 
     @property
     def threat_model(self) -> ThreatModel | None:
@@ -70,8 +74,10 @@ class Registry:
 
     def register(self, name: str, *, threat: str | None = None, norms: tuple[str, ...] = (), summary: str = "",
                  task: str = "classification", chunking: str | None = None, aliases: tuple[str, ...] = (),
-                 **extra):
+                 access: str = "gradient", **extra):
         """Decorator registering ``fn`` under ``name`` (and ``aliases``)."""
+        if access not in ACCESS:
+            raise OptionError(f"access must be one of {ACCESS}, got {access!r}")
         if chunking not in CHUNKING:
             raise OptionError(f"chunking must be one of {CHUNKING}, got {chunking!r}")
         if "kind" in extra:
@@ -83,7 +89,7 @@ class Registry:
             if name in self._entries and self._entries[name].fn is not fn:
                 raise OptionError(f"{self.kind} {name!r} is registered twice")
             doc = summary or (inspect.getdoc(fn) or "").split("\n")[0]
-            self._entries[name] = Entry(name, fn, threat, tuple(norms), doc, task, chunking, dict(extra))
+            self._entries[name] = Entry(name, fn, threat, tuple(norms), doc, task, chunking, dict(extra), access)
             for a in aliases:
                 self._aliases[a] = name
             return fn

@@ -27,7 +27,7 @@ from ..engine.oracle import DecisionProblem
 from ..engine.protocol import Run, attack
 
 
-@attack("hopskipjump", threat="decision", norms=("2",))
+@attack("hopskipjump", threat="decision", norms=("2",), access="labels")
 def hopskipjump(model, x, y=None, *, max_queries: int = 10_000, target=None, x_init: torch.Tensor | None = None,
                 init_evals: int = 100, max_evals: int = 10_000, gamma: float = 1.0, init_tries: int = 100,
                 eps: float | None = None, norm=2, checkpoints=None, seed: int = 0, bounds=None,

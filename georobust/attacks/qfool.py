@@ -158,7 +158,7 @@ def _pooled_body(*, probes, omega, tol, subspace, gen, reserve):
     return body
 
 
-@attack("qfool", threat="decision", norms=("2",))
+@attack("qfool", threat="decision", norms=("2",), access="labels")
 def qfool(model, x, y=None, *, max_queries: int = 10_000, subspace: int | None = None, target=None,
           x_init: torch.Tensor | None = None, variant: str = "paper", probes: int = 100, omega: float = 0.02,
           epsilon: float = 0.7, tol: float = 1e-3, eps: float | None = None, norm=2, checkpoints=None,

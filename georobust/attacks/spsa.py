@@ -78,7 +78,7 @@ def _spsa_chunk(oracle: ScoreOracle, x0: torch.Tensor, y: torch.Tensor, idx: tor
     return xc
 
 
-@attack("spsa", threat="bounded-lp", norms=("inf", "2"), chunking="remaining")
+@attack("spsa", threat="bounded-lp", norms=("inf", "2"), chunking="remaining", access="scores")
 def spsa(model, x, y=None, *, eps: float, norm="inf", steps: int = 100, samples: int = 128, delta: float = 0.01,
          lr: float = 0.01, max_queries: int | None = None, seed: int | None = 0, batch_size: int = 64) -> Run:
     """SPSA attack (Uesato, O'Donoghue, van den Oord & Kohli, ICML 2018), untargeted, L∞ (or L2), scores only.

@@ -92,7 +92,7 @@ def captured_params(sig: inspect.Signature, args: tuple, kwargs: dict) -> dict[s
 
 
 def attack(name: str, *, threat: str, norms: tuple[str, ...] = (), task: str = "classification",
-           chunking: str | None = None, summary: str = "", **extra) -> Callable[[Callable[..., Run]], Callable[..., AttackResult]]:
+           chunking: str | None = None, summary: str = "", access: str = "gradient", **extra) -> Callable[[Callable[..., Run]], Callable[..., AttackResult]]:
     """Register an attack and wrap its body in the protocol (see the module docstring)."""
 
     def deco(body: Callable[..., Run]) -> Callable[..., AttackResult]:
@@ -118,7 +118,7 @@ def attack(name: str, *, threat: str, norms: tuple[str, ...] = (), task: str = "
 
         wrapper.__signature__ = sig.replace(return_annotation=AttackResult)  # type: ignore[attr-defined]
         registry.attacks.register(name, threat=threat, norms=norms, task=task, chunking=chunking,
-                                  summary=summary, **extra)(wrapper)
+                                  summary=summary, access=access, **extra)(wrapper)
         return wrapper
 
     return deco

@@ -34,6 +34,7 @@ from ..checks import check_norm, check_positive, prepare
 from ..errors import CheckpointError, OptionError, unknown_name
 from ..results import AttackResult, Saveable
 from ..storage import atomic_write_text, ensure_writable
+from .alarms import ALARMS, MARGIN, Alarm, run_alarms
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,12 @@ def _config(model_name, eps, norm, names, options, seed, n, x, y) -> dict[str, A
 def cascade(model, x, y, *, eps: float, norm: Any = "inf", preset: str | None = None,
             attacks: Sequence[str] | None = None, options: dict[str, dict[str, Any]] | None = None, seed: int = 0,
             state_dir: str | Path | None = None, resume: bool = False, model_name: str = "model",
-            on_attack: Callable[[str, int, int, int], None] | None = None) -> CascadeResult:
+            on_attack: Callable[[str, int, int, int], None] | None = None, alarms: bool = True) -> CascadeResult:
     """Run the cascade (module docstring) at budget ``eps``; labels ``y`` are required.
 
     ``options`` maps an attack name to its keyword options (checked and coerced by the registry before any
-    work); ``on_attack(name, i, total, n_active)`` is called before each attack (progress).
+    work); ``on_attack(name, i, total, n_active)`` is called before each attack (progress). With ``alarms``
+    the result carries the gradient-masking alarms (:func:`cascade_alarms`).
     """
     norm = check_norm(norm)
     check_positive(eps, "eps")
@@ -220,6 +222,36 @@ def cascade(model, x, y, *, eps: float, norm: Any = "inf", preset: str | None = 
                            "robust_after": float(robust.double().mean()), "seconds": float(seconds)})
         log.info("cascade %s: broke %d of %d; robust accuracy %.4f", name, int(hit.sum()), idx.numel(),
                  float(robust.double().mean()))
-    return CascadeResult(model=model_name, eps=float(eps), norm=norm, attacks=names, x=x, y=y, x_adv=x_adv,
-                         robust=robust, broken_by=broken_by, clean_accuracy=float(correct.double().mean()),
-                         per_attack=per_attack, seed=seed, seconds=time.perf_counter() - t0, warnings=warnings)
+    res = CascadeResult(model=model_name, eps=float(eps), norm=norm, attacks=names, x=x, y=y, x_adv=x_adv,
+                        robust=robust, broken_by=broken_by, clean_accuracy=float(correct.double().mean()),
+                        per_attack=per_attack, seed=seed, seconds=time.perf_counter() - t0, warnings=warnings)
+    if alarms:
+        res.alarms = [a.to_dict() for a in cascade_alarms(clf, res)]
+    return res
+
+
+def cascade_alarms(model, res: CascadeResult, *, margin: float = MARGIN) -> list[Alarm]:
+    """The gradient-masking alarms of a cascade (:mod:`georobust.evaluation.alarms`): the checks of the model
+    itself (randomised outputs, probabilities, vanished gradients) on the cascade's inputs, and
+    ``blackbox_beats_whitebox`` read from the cascade: the fraction of samples broken by a score- or label-based
+    attack (registry ``access``) after every gradient attack before it failed on them — AutoAttack's own warning
+    when Square breaks points APGD left. Fires above ``margin`` (one point)."""
+    found = run_alarms(model, res.x, res.y, eps=res.eps, norm=res.norm, seed=res.seed)
+    kinds = {a: registry.attacks.get(a).access for a in res.attacks}
+    first_black = next((i for i, a in enumerate(res.attacks) if kinds[a] != "gradient"), None)
+    if first_black is not None and any(kinds[a] == "gradient" for a in res.attacks[:first_black]):
+        black = [a for a in res.attacks[first_black:] if kinds[a] != "gradient"]
+        n = len(res.broken_by)
+        count = sum(b in black for b in res.broken_by)
+        value = count / n
+        fired = count > margin * n
+        msg = (f"{count} of {n} samples ({value:.1%}) were broken by {', '.join(black)} (no gradients) after the "
+               "gradient attacks failed on them: the gradients are likely masked; trust the worst case, not the "
+               "gradient attacks alone" if fired else
+               f"the gradient-free attacks broke {count} of {n} samples the gradient attacks left")
+        alarm = Alarm("blackbox_beats_whitebox", fired, msg, value, margin)
+        found = [a for a in found if a.name != alarm.name] + [alarm]
+        if fired:
+            log.warning("alarm %s: %s", alarm.name, msg)
+    order = {name: i for i, name in enumerate(ALARMS)}
+    return sorted(found, key=lambda a: order.get(a.name, len(order)))
