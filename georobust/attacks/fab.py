@@ -301,7 +301,9 @@ def fab_t(model, x, y=None, *, norm="inf", steps: int = 100, restarts: int = 1, 
         restarts: starts per target (default 1, at ``x``; later ones random, radius ``0.5·min(best, eps)``).
         eps: optional budget: a sample counts as broken only with a perturbation of norm ``<= eps`` and then
             stops; the run is ``bounded-lp`` (robust accuracy at ``eps``). ``None``: a minimal-norm search.
-        alpha_max, eta, beta: the bias bound, the overshoot and the backward step (paper: 0.1, 1.05, 0.9).
+        alpha_max: the largest bias towards the original point's projection (paper: 0.1).
+        eta: the overshoot of each projection (paper: 1.05).
+        beta: the backward step's factor once adversarial, ``x ← (1 − β) x_orig + β x`` (paper: 0.9).
         n_target_classes: targets tried (default 9, AutoAttack's); at most ``K − 1``.
         seed: randomness of the restarts' random starts (used only when ``restarts > 1``).
         batch_size: samples per batch (the active set shrinks inside each batch).
@@ -329,7 +331,26 @@ def fab(model, x, y=None, *, norm="inf", steps: int = 100, restarts: int = 1, ep
         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, seed: int | None = None,
         batch_size: int = 1024) -> Run:
     """FAB (Croce & Hein, ICML 2020), untargeted: each step projects onto the closest linearised boundary over
-    all classes (``K − 1`` backward passes per step). Options as :func:`fab_t`, without targets."""
+    all classes (``K − 1`` backward passes per step), the minimal L∞ or L2 perturbation.
+
+    Args:
+        model: an ``nn.Module`` returning logits, or a :class:`~georobust.Classifier` (eval mode).
+        x: inputs inside the model's bounds; y: labels (default: the model's predictions). Misclassified
+            samples are reported as successes with a zero perturbation.
+        norm: ``"inf"`` (default) or ``2``.
+        steps: steps per restart (default 100).
+        restarts: starts (default 1, at ``x``; later ones random, radius ``0.5·min(best, eps)``).
+        eps: optional budget: a sample counts as broken only with a perturbation of norm ``<= eps`` and then
+            stops; the run is ``bounded-lp`` (robust accuracy at ``eps``). ``None``: a minimal-norm search.
+        alpha_max: the largest bias towards the original point's projection (paper: 0.1).
+        eta: the overshoot of each projection (paper: 1.05).
+        beta: the backward step's factor once adversarial, ``x ← (1 − β) x_orig + β x`` (paper: 0.9).
+        seed: randomness of the restarts' random starts (used only when ``restarts > 1``).
+        batch_size: samples per batch (the active set shrinks inside each batch).
+
+    Returns:
+        an :class:`AttackResult`, verified; ``iterations`` = gradient steps per sample over restarts.
+    """
     norm = _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, batch_size)
     p = prepare(model, x, y)
     return _fab(p, norm=norm, targets=None, steps=steps, restarts=restarts, eps=eps, alpha_max=alpha_max,
