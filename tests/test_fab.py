@@ -227,6 +227,7 @@ def test_projection_batched_equals_rowwise():
     ({"alpha_max": 1.5}, "alpha_max"),
     ({"beta": 1.0}, "beta"),
     ({"eps": -0.1}, "eps"),
+    ({"seed": "x"}, "seed"),
 ])
 def test_bad_input(problem, kwargs, match):
     clf, x = problem

@@ -228,7 +228,7 @@ def _random_start(x: torch.Tensor, radius: torch.Tensor, norm: str, gen: torch.G
     return (x + ops.bcast(radius.to(x.dtype), x) * t).clamp(lo, hi)
 
 
-def _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, batch_size) -> str:
+def _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, seed, batch_size) -> str:
     norm = check_norm(norm)
     check_iterations(steps, "steps")
     check_iterations(restarts, "restarts")
@@ -241,6 +241,8 @@ def _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, batch_size) 
     check_positive(beta, "beta")
     if beta >= 1:
         raise OptionError(f"beta is the backward step's factor and must be in (0, 1), got {beta!r} (paper: 0.9)")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise OptionError(f"seed must be an integer or None, got {seed!r}")
     check_positive(batch_size, "batch_size", integer=True)
     return norm
 
@@ -279,6 +281,8 @@ def _fab(p, *, norm: str, targets: torch.Tensor | None, steps: int, restarts: in
                     start = _random_start(x[rows], radius, norm, gen, lo, hi)
                 _fab_steps(p.clf, x[rows], yr, others, start, rows, best, iterations, norm=norm, steps=steps,
                            eps=eps_f, alpha_max=float(alpha_max), eta=float(eta), beta=float(beta))
+                log.debug("fab: target round %s, restart %d: %d samples, %d with an adversarial point", j, r,
+                          rows.numel(), int(torch.isfinite(best.size[rows]).sum()))
     found = torch.isfinite(best.size) if eps_f is None else best.size <= eps_f
     x_adv = torch.where(ops.bcast(found, x), best.x, x)
     return Run(p, x_adv, iterations=iterations, params={"norm": norm},
@@ -311,7 +315,7 @@ def fab_t(model, x, y=None, *, norm="inf", steps: int = 100, restarts: int = 1, 
     Returns:
         an :class:`AttackResult`, verified; ``iterations`` = gradient steps per sample over targets and restarts.
     """
-    norm = _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, batch_size)
+    norm = _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, seed, batch_size)
     check_positive(n_target_classes, "n_target_classes", integer=True)
     p = prepare(model, x, y)
     if n_target_classes >= p.num_classes:
@@ -351,7 +355,7 @@ def fab(model, x, y=None, *, norm="inf", steps: int = 100, restarts: int = 1, ep
     Returns:
         an :class:`AttackResult`, verified; ``iterations`` = gradient steps per sample over restarts.
     """
-    norm = _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, batch_size)
+    norm = _check_common(norm, steps, restarts, eps, alpha_max, eta, beta, seed, batch_size)
     p = prepare(model, x, y)
     return _fab(p, norm=norm, targets=None, steps=steps, restarts=restarts, eps=eps, alpha_max=alpha_max,
                 eta=eta, beta=beta, seed=seed, batch_size=batch_size)
