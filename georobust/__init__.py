@@ -5,15 +5,32 @@ of its decision boundary, or train it to be robust.
 """
 
 from . import data, errors, geometry, registry
-from .attacks import deepfool, fgsm, hopskipjump, lbfgs, pgd, qfool, sparsefool, universal_perturbation
+from .attacks import (
+    apgd_ce,
+    apgd_dlr,
+    apgd_t,
+    deepfool,
+    fab,
+    fab_t,
+    fgsm,
+    hopskipjump,
+    lbfgs,
+    pgd,
+    qfool,
+    sparsefool,
+    spsa,
+    square,
+    universal_perturbation,
+)
 from .checks import predict
 from .defenses import fit
-from .evaluation import accuracy, evaluate
+from .evaluation import accuracy, cascade, evaluate
 from .models import Classifier, build, load_model, pretrained, save_weights
 from .results import AttackResult
 
 __version__ = "0.1.0"
 
 __all__ = ["Classifier", "AttackResult", "build", "load_model", "pretrained", "save_weights", "predict",
-           "accuracy", "evaluate", "fit", "deepfool", "fgsm", "hopskipjump", "lbfgs", "pgd", "qfool", "sparsefool",
+           "accuracy", "evaluate", "cascade", "fit", "apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "spsa", "square",
+           "deepfool", "fgsm", "hopskipjump", "lbfgs", "pgd", "qfool", "sparsefool",
            "universal_perturbation", "data", "errors", "geometry", "registry", "__version__"]

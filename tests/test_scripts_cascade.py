@@ -7,7 +7,7 @@ import pytest
 from conftest import load_script, run_cli
 
 import georobust as gr
-from georobust.evaluation.cascade import cascade
+from georobust.evaluation.cascade import CascadeResult, cascade
 from georobust.models.masking import Quantized, Saturated
 
 
@@ -60,7 +60,7 @@ def test_cli_evaluate_preset(tmp_path):
             "--out", str(out)]
     p = run_cli(*args)
     assert "robust accuracy" in p.stdout and "apgd-t" in p.stdout
-    res = gr.evaluation.cascade.CascadeResult.load(out / "cascade_result")
+    res = CascadeResult.load(out / "cascade_result")
     assert len(res.broken_by) == 20 and res.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
     # a second run into the same folder must resume or refuse
     p2 = run_cli(*args, check=False)
