@@ -58,8 +58,10 @@ ROLES = {
 
 #: relative change of the (L2-normalised) outputs between two passes above which a model is randomised
 RANDOMIZED_TOL = 1e-4
-#: fraction of inputs with vanished gradients above which the gradients alarm fires
+#: fraction of inputs with vanished gradients (on every loss) above which the gradients alarm fires
 GRADIENT_FRACTION = 0.02
+#: fraction of inputs with vanished gradients of one loss above which the gradients alarm fires
+SINGLE_LOSS_FRACTION = 0.5
 #: margin of the attack comparisons (a fraction of the samples)
 MARGIN = 0.01
 #: margin above chance of robust accuracy at the largest budget
@@ -253,10 +255,17 @@ def gradients(model, x, y=None, *, losses: Sequence[str] = ("ce", "cw"), max_fra
     ``‖g‖₁·(hi − lo) <= eps_dtype · max(|L|, 1)``: even a step across the whole box (the largest first-order
     change of ``L`` under an L∞ step of size ``hi − lo``) would change the loss by less than its round-off, so
     the gradient carries no usable information (this covers exact zeros, the quantised case, and the tiny
-    gradients of a saturated softmax). The value is the largest fraction over ``losses``. ``max_fraction``
-    (``0.02``): a sample a gradient attack cannot move counts as robust, so the fraction is how much robust
-    accuracy may be overstated; two points is below the differences papers report, and far above what a
-    well-behaved model shows (none of 200 digits or Fashion-MNIST test images on the shipped models).
+    gradients of a saturated softmax). It fires when (a) more than ``max_fraction`` of the inputs have vanished
+    gradients for *every* loss of ``losses`` — no loss gives a gradient attack a direction, so these samples
+    count as robust whatever the attack — or (b) one loss's gradients vanish on more than
+    :data:`SINGLE_LOSS_FRACTION` (half) of the inputs — an attack on that loss is blind on most of them. A few
+    confidently classified inputs whose cross-entropy alone saturates are normal, not masking: the shipped
+    standard ``fc500-150-10-fmnist`` shows 6% of vanished CE gradients (none of the margin's) with a robust
+    accuracy of 0.006; the margin and DLR losses still move those samples, which is why the standard cascade
+    runs APGD-T with DLR after APGD-CE. ``max_fraction`` (``0.02``): the fraction is how much robust accuracy may
+    be overstated; two points is below the differences papers report. The value is the largest fraction over
+    the losses (compared with ``max_fraction`` when every loss vanishes with it, with half otherwise: the one
+    alarm whose ``fired`` is not simply ``value > threshold``).
     """
     losses = tuple(losses)
     if not losses:
@@ -274,6 +283,7 @@ def _gradients(clf, x, y, losses, max_fraction, batch_size) -> Alarm:
     lo, hi = clf.bounds
     fractions, counts = {}, {}
     details = []
+    all_bad = torch.ones(x.shape[0], dtype=torch.bool)
     for loss in losses:
         bad = torch.zeros(x.shape[0], dtype=torch.bool)
         zero = nonfinite = 0
@@ -287,13 +297,17 @@ def _gradients(clf, x, y, losses, max_fraction, batch_size) -> Alarm:
             bad[i:i + batch_size] = (~finite | tiny).cpu()
             zero += int((finite & (g1 == 0)).sum())
             nonfinite += int((~finite).sum())
+        all_bad &= bad
         fractions[loss] = float(bad.double().mean())
         counts[loss] = int(bad.sum())
         details.append(f"{loss}: {fractions[loss]:.1%} ({zero} exactly zero, {nonfinite} non-finite)")
     worst = max(fractions, key=fractions.get)
+    n = x.shape[0]
+    every = int(all_bad.sum())
     value = fractions[worst]
-    fired = _more_than(counts[worst], max_fraction, x.shape[0])
-    msg = f"vanished input gradients on {'; '.join(details)} of {x.shape[0]} inputs (threshold {max_fraction:.1%})"
+    fired = _more_than(every, max_fraction, n) or _more_than(counts[worst], SINGLE_LOSS_FRACTION, n)
+    msg = (f"vanished input gradients on {'; '.join(details)}; on every loss: {every / n:.1%} of {n} inputs "
+           f"(thresholds: {max_fraction:.1%} on every loss, {SINGLE_LOSS_FRACTION:.0%} on one)")
     if fired:
         msg += (f": gradient attacks cannot move these samples, so their robust accuracy ({worst}) is an "
                 "overestimate (gradient masking) — use a gradient-free attack (Square, SPSA), BPDA for a "
