@@ -77,7 +77,6 @@ def test_cli_evaluate_preset(tmp_path):
 def test_gradients_alarm_silent_on_confident_standard_models(name):
     # a standard model's confident inputs saturate the cross-entropy alone (measured on 500 images: 6.0% and
     # 4.8% of the CE gradients vanish, none of the margin's): that is not masking, and must not fire
-    from conftest import needs_fmnist  # noqa: F401  (the skip marker's data check)
 
     from georobust.data import fashion_mnist
     from georobust.evaluation.alarms import gradients
