@@ -62,7 +62,8 @@ def main(names: list[str]) -> None:
             man[name]["cascade_robust_accuracy"] = cascade_accuracy(load_weights(WEIGHTS_DIR / meta["file"]),
                                                                     meta["data"])
             print(f"{name}: cascade robust accuracy {man[name]['cascade_robust_accuracy']}")
-        atomic_write_text(MANIFEST, json.dumps(dict(sorted(man.items())), indent=2) + "\n")
+            # after each model: a long run that is killed keeps what it finished
+            atomic_write_text(MANIFEST, json.dumps(dict(sorted(man.items())), indent=2) + "\n")
         return
     files = [WEIGHTS_DIR / f"{n}.safetensors" for n in names] if names else sorted(WEIGHTS_DIR.glob("*.safetensors"))
     for f in files:
