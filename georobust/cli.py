@@ -234,8 +234,9 @@ def _fmt(v) -> str:
 
 def _print_table(title: str, rows: list[list[str]]) -> None:
     t = Table(title=title)
-    for h in rows[0]:
-        t.add_column(h)
+    first = max((len(str(r[0])) for r in rows), default=0)
+    for i, h in enumerate(rows[0]):
+        t.add_column(h, min_width=first if i == 0 else None)  # the row names are never cut
     for r in rows[1:]:
         t.add_row(*r)
     console.print(t)
@@ -542,15 +543,18 @@ def zoo_list(s: Shared):
     from .models import manifest
 
     console.print("architectures: " + ", ".join(registry.architectures.names()))
-    rows = [["model", "arch", "data", "test accuracy", "robust accuracy (PGD L∞)", "robust accuracy (cascade)",
-             "seed", "command"]]
+    rows = [["model", "arch", "data", "test accuracy", "robust accuracy L∞: PGD-20 / cascade", "seed", "command"]]
 
-    def fmt(rob):
-        return f"{rob['value']:.4f} at ε={rob['eps']:g} (n={rob['n']})" if rob else "—"
+    def robust(e):
+        pgd, casc = e.get("robust_accuracy"), e.get("cascade_robust_accuracy")
+        if not pgd:
+            return "—"
+        return (f"{pgd['value']:.3f} / {casc['value']:.3f}" if casc else f"{pgd['value']:.3f} / —") + \
+            f" at ε={pgd['eps']:g} (n={pgd['n']})"
 
     for name, e in manifest().items():
-        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", fmt(e.get("robust_accuracy")),
-                     fmt(e.get("cascade_robust_accuracy")), str(e["seed"]), e["command"]])
+        rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", robust(e), str(e["seed"]),
+                     e["command"]])
     _print_table("shipped models", rows)
 
 
