@@ -34,7 +34,43 @@ class QueryBudgetExceeded(GeorobustError, RuntimeError):
     """A black-box attack asked the oracle more queries for a sample than its budget allows."""
 
 
-class LabelOracle:
+class _CountingOracle:
+    """Per-sample query counting with an optional budget, shared by :class:`LabelOracle` and
+    :class:`ScoreOracle`: ``oracle(inputs, idx)`` counts one query per input against sample ``idx[j]`` — a call
+    that would exceed any sample's budget raises :class:`QueryBudgetExceeded` and counts nothing — then answers
+    through :meth:`_answer`."""
+
+    what = "oracle"
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, bounds=(0.0, 1.0),
+                 budget: int | None = None, batch_size: int = 4096, device=None):
+        if not callable(fn):
+            raise ModelError(f"a {self.what} needs a callable, got {type(fn).__name__}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InputError(f"the query budget must be an integer >= 1 (or None), got {budget!r}")
+        self._fn = fn
+        self.n = int(n)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.budget = budget
+        self.batch_size = int(batch_size)
+        self.queries = torch.zeros(self.n, dtype=torch.long, device=device)
+
+    def _count(self, xq: torch.Tensor, idx: torch.Tensor) -> None:
+        if xq.shape[0] != idx.shape[0]:
+            raise InputError(f"{xq.shape[0]} queries but {idx.shape[0]} sample indices")
+        counts = torch.zeros_like(self.queries).index_add_(0, idx, torch.ones_like(idx))
+        if self.budget is not None and bool(((self.queries + counts) > self.budget).any()):
+            raise QueryBudgetExceeded(f"a query beyond the per-sample budget of {self.budget} was asked")
+        self.queries += counts
+
+    def remaining(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-sample queries left under the budget (a large number if unlimited)."""
+        if self.budget is None:
+            return torch.full_like(idx, 2**62)
+        return self.budget - self.queries[idx]
+
+
+class LabelOracle(_CountingOracle):
     """Label oracle over a batch of ``n`` samples: ``oracle(inputs, idx) -> labels``, counted per sample.
 
     Args:
@@ -47,16 +83,7 @@ class LabelOracle:
         batch_size: the largest batch sent to ``fn`` at once (counting is independent of it).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, bounds=(0.0, 1.0),
-                 budget: int | None = None, batch_size: int = 4096, device=None):
-        if not callable(fn):
-            raise ModelError(f"a label oracle needs a callable returning labels, got {type(fn).__name__}")
-        self._fn = fn
-        self.n = int(n)
-        self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.budget = budget
-        self.batch_size = int(batch_size)
-        self.queries = torch.zeros(self.n, dtype=torch.long, device=device)
+    what = "label oracle"
 
     @classmethod
     def from_model(cls, model: nn.Module, n: int, **kw) -> LabelOracle:
@@ -85,24 +112,13 @@ class LabelOracle:
 
     def __call__(self, xq: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Labels of the inputs ``xq`` (``(m, ...)``), each spent on sample ``idx[j]``; counts ``m`` queries."""
-        if xq.shape[0] != idx.shape[0]:
-            raise InputError(f"{xq.shape[0]} queries but {idx.shape[0]} sample indices")
-        if xq.shape[0] == 0:
+        if xq.shape[0] == 0 and idx.shape[0] == 0:
             return torch.empty(0, dtype=torch.long, device=xq.device)
-        counts = torch.zeros_like(self.queries).index_add_(0, idx, torch.ones_like(idx))
-        if self.budget is not None and bool(((self.queries + counts) > self.budget).any()):
-            raise QueryBudgetExceeded(f"a query beyond the per-sample budget of {self.budget} was asked")
-        self.queries += counts
+        self._count(xq, idx)
         return self._labels(xq.detach())
 
-    def remaining(self, idx: torch.Tensor) -> torch.Tensor:
-        """Per-sample queries left under the budget (a large number if unlimited)."""
-        if self.budget is None:
-            return torch.full_like(idx, 2**62)
-        return self.budget - self.queries[idx]
 
-
-class ScoreOracle:
+class ScoreOracle(_CountingOracle):
     """Score access over a batch of ``n`` samples: ``oracle(inputs, idx) -> scores (m, K)``, counted per sample.
 
     The handle of a score-based black-box attack (Square, Andriushchenko et al., ECCV 2020; SPSA, Uesato et
@@ -119,18 +135,7 @@ class ScoreOracle:
         batch_size: the largest batch sent to ``fn`` at once (counting is independent of it).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], n: int, *, bounds=(0.0, 1.0),
-                 budget: int | None = None, batch_size: int = 4096, device=None):
-        if not callable(fn):
-            raise ModelError(f"a score oracle needs a callable returning scores (m, K), got {type(fn).__name__}")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise InputError(f"the query budget must be an integer >= 1 (or None), got {budget!r}")
-        self._fn = fn
-        self.n = int(n)
-        self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.budget = budget
-        self.batch_size = int(batch_size)
-        self.queries = torch.zeros(self.n, dtype=torch.long, device=device)
+    what = "score oracle"
 
     @classmethod
     def from_model(cls, model: nn.Module, n: int, **kw) -> ScoreOracle:
@@ -156,21 +161,10 @@ class ScoreOracle:
 
     def __call__(self, xq: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Scores of the inputs ``xq`` (``(m, ...)``), each spent on sample ``idx[j]``; counts ``m`` queries."""
-        if xq.shape[0] != idx.shape[0]:
-            raise InputError(f"{xq.shape[0]} queries but {idx.shape[0]} sample indices")
         if xq.shape[0] == 0:
             raise InputError("a score query needs at least one input")
-        counts = torch.zeros_like(self.queries).index_add_(0, idx, torch.ones_like(idx))
-        if self.budget is not None and bool(((self.queries + counts) > self.budget).any()):
-            raise QueryBudgetExceeded(f"a query beyond the per-sample budget of {self.budget} was asked")
-        self.queries += counts
+        self._count(xq, idx)
         return self._scores(xq.detach())
-
-    def remaining(self, idx: torch.Tensor) -> torch.Tensor:
-        """Per-sample queries left under the budget (a large number if unlimited)."""
-        if self.budget is None:
-            return torch.full_like(idx, 2**62)
-        return self.budget - self.queries[idx]
 
 
 class _OracleVerifier:
