@@ -123,3 +123,35 @@ def relative_margin(model, x, label) -> torch.Tensor:
 def on_boundary(model, x, label) -> torch.Tensor:
     """Samples whose decision between ``label`` and the runner-up is within round-off (see :data:`ROUNDOFF`)."""
     return relative_margin(model, x, label).abs() <= ROUNDOFF
+
+
+# ---- the image-shaped affine toy of the score-based attacks (Square, SPSA) ----------------------------
+class ImageAffine(nn.Module):
+    """``z = W·q(x) + b`` on images; ``q`` quantises to ``levels`` values (zero gradients) when given.
+    Counts every input it sees."""
+
+    def __init__(self, c=3, h=8, w=8, k=5, seed=0, levels=None):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W = nn.Parameter(torch.randn(k, c * h * w, generator=g), requires_grad=False)
+        self.b = nn.Parameter(torch.randn(k, generator=g), requires_grad=False)
+        self.levels = levels
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        if self.levels:
+            x = torch.round(x * (self.levels - 1)) / (self.levels - 1)
+        return x.flatten(1) @ self.W.t() + self.b
+
+
+def analytic_distance(m: ImageAffine, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """The exact minimal Lp distance to another class of the affine model (box ignored): min over t ≠ y of
+    (z_y − z_t)/‖w_y − w_t‖_dual; y is the clean prediction."""
+    z = x.flatten(1) @ m.W.t() + m.b
+    y = z.argmax(1)
+    diff = m.W[y][:, None, :] - m.W[None]
+    den = diff.abs().sum(2) if norm == "inf" else diff.norm(dim=2)
+    d = (z.gather(1, y[:, None]) - z) / den
+    d[torch.arange(len(y)), y] = float("inf")
+    return d.min(1).values

@@ -3,42 +3,12 @@ case (L∞ and L2), a gradient-masking model PGD cannot break, bad input."""
 
 import pytest
 import torch
-from torch import nn
+from conftest import ImageAffine, analytic_distance
 
 from georobust import registry
 from georobust.attacks.pgd import pgd
 from georobust.attacks.spsa import spsa
 from georobust.errors import OptionError
-
-
-class Affine(nn.Module):
-    """``z = W·q(x) + b`` on images; ``q`` quantises to ``levels`` values (zero gradients) when given.
-    Counts every input it sees."""
-
-    def __init__(self, c=3, h=8, w=8, k=5, seed=0, levels=None):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W = nn.Parameter(torch.randn(k, c * h * w, generator=g), requires_grad=False)
-        self.b = nn.Parameter(torch.randn(k, generator=g), requires_grad=False)
-        self.levels = levels
-        self.seen = 0
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        if self.levels:
-            x = torch.round(x * (self.levels - 1)) / (self.levels - 1)
-        return x.flatten(1) @ self.W.t() + self.b
-
-
-def analytic_distance(m: Affine, x: torch.Tensor, norm: str) -> torch.Tensor:
-    """Exact minimal Lp distance to another class (box ignored): min_t (z_y − z_t)/‖w_y − w_t‖_dual."""
-    z = x.flatten(1) @ m.W.t() + m.b
-    y = z.argmax(1)
-    diff = m.W[y][:, None, :] - m.W[None]
-    den = diff.abs().sum(2) if norm == "inf" else diff.norm(dim=2)
-    d = (z.gather(1, y[:, None]) - z) / den
-    d[torch.arange(len(y)), y] = float("inf")
-    return d.min(1).values
 
 
 def inner_points(n=200, seed=1):
@@ -53,7 +23,7 @@ def test_spsa_is_registered_as_a_bounded_score_attack():
 
 @pytest.mark.parametrize("max_queries", [None, 5 * 33 + 7])
 def test_spsa_counts_every_query_and_keeps_the_budget(max_queries):
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(30)
     with torch.no_grad():
         y = m(x).argmax(1)
@@ -82,7 +52,7 @@ def test_spsa_counts_every_query_and_keeps_the_budget(max_queries):
 
 
 def test_spsa_linf_breaks_the_affine_model_where_the_analytic_distance_allows():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points()
     d = analytic_distance(m, x, "inf")
     eps = float(d.median())
@@ -95,7 +65,7 @@ def test_spsa_linf_breaks_the_affine_model_where_the_analytic_distance_allows():
 
 
 def test_spsa_l2_stays_in_the_ball_and_breaks_the_near_samples():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points()
     d = analytic_distance(m, x, "2")
     eps = float(d.median())
@@ -107,7 +77,7 @@ def test_spsa_l2_stays_in_the_ball_and_breaks_the_near_samples():
 
 
 def test_spsa_breaks_a_gradient_masking_model_that_pgd_cannot():
-    m = Affine(levels=4).eval()      # forward quantises the input to 4 levels: every input gradient is zero
+    m = ImageAffine(levels=4).eval()      # forward quantises the input to 4 levels: every input gradient is zero
     x = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     rp = pgd(m, x, eps=0.1, steps=20, random_start=False)
     assert int(rp.success.sum()) == 0
@@ -116,7 +86,7 @@ def test_spsa_breaks_a_gradient_masking_model_that_pgd_cannot():
 
 
 def test_spsa_is_deterministic_given_a_seed():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(20)
     a = spsa(m, x, eps=0.005, steps=10, samples=16, seed=1)
     b = spsa(m, x, eps=0.005, steps=10, samples=16, seed=1)
@@ -124,7 +94,7 @@ def test_spsa_is_deterministic_given_a_seed():
 
 
 def test_spsa_refuses_bad_input_before_any_query():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(4)
     for kw, msg in [(dict(samples=0), "samples"), (dict(samples=7), "even"), (dict(norm="1"), "norm"),
                     (dict(max_queries=0), "max_queries"), (dict(max_queries=100), "cannot pay for one SPSA step"),

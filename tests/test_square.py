@@ -3,6 +3,7 @@ verified success, the analytic affine case (L∞ and L2), a gradient-masking mod
 
 import pytest
 import torch
+from conftest import ImageAffine, analytic_distance
 from torch import nn
 
 from georobust import registry
@@ -10,37 +11,6 @@ from georobust.attacks.pgd import pgd
 from georobust.attacks.square import square, square_p
 from georobust.engine.oracle import QueryBudgetExceeded, ScoreOracle
 from georobust.errors import InputError, ModelError, OptionError
-
-
-class Affine(nn.Module):
-    """``z = W·q(x) + b`` on images; ``q`` quantises to ``levels`` values (zero gradients) when given.
-    Counts every input it sees."""
-
-    def __init__(self, c=3, h=8, w=8, k=5, seed=0, levels=None):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W = nn.Parameter(torch.randn(k, c * h * w, generator=g), requires_grad=False)
-        self.b = nn.Parameter(torch.randn(k, generator=g), requires_grad=False)
-        self.levels = levels
-        self.seen = 0
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        if self.levels:
-            x = torch.round(x * (self.levels - 1)) / (self.levels - 1)
-        return x.flatten(1) @ self.W.t() + self.b
-
-
-def analytic_distance(m: Affine, x: torch.Tensor, norm: str) -> torch.Tensor:
-    """The exact minimal Lp distance to another class of the affine model (box ignored): min over t ≠ y of
-    (z_y − z_t)/‖w_y − w_t‖_dual; y is the clean prediction."""
-    z = x.flatten(1) @ m.W.t() + m.b
-    y = z.argmax(1)
-    diff = m.W[y][:, None, :] - m.W[None]
-    den = diff.abs().sum(2) if norm == "inf" else diff.norm(dim=2)
-    d = (z.gather(1, y[:, None]) - z) / den
-    d[torch.arange(len(y)), y] = float("inf")
-    return d.min(1).values
 
 
 def inner_points(n=200, seed=1):
@@ -58,7 +28,7 @@ def overhead(model, x, y, **kw) -> int:
 
 
 def test_score_oracle_counts_per_sample_and_refuses_beyond_budget():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     oracle = ScoreOracle.from_model(m, 3, budget=4)
     x = inner_points(5)
     out = oracle(x, torch.tensor([0, 0, 2, 2, 2]))
@@ -87,7 +57,7 @@ def test_square_is_registered_as_a_bounded_score_attack():
 
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_square_counts_every_query_and_keeps_the_budget(norm):
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(40)
     with torch.no_grad():
         y = m(x).argmax(1)
@@ -112,7 +82,7 @@ def test_square_counts_every_query_and_keeps_the_budget(norm):
 
 
 def test_square_linf_breaks_the_affine_model_where_the_analytic_distance_allows():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points()
     d = analytic_distance(m, x, "inf")
     eps = float(d.median())
@@ -125,7 +95,7 @@ def test_square_linf_breaks_the_affine_model_where_the_analytic_distance_allows(
 
 
 def test_square_l2_breaks_the_affine_model_and_stays_in_the_ball():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points()
     d = analytic_distance(m, x, "2")
     eps = float(d.median())
@@ -138,7 +108,7 @@ def test_square_l2_breaks_the_affine_model_and_stays_in_the_ball():
 
 
 def test_square_breaks_a_gradient_masking_model_that_pgd_cannot():
-    m = Affine(levels=4).eval()      # forward quantises the input to 4 levels: every input gradient is zero
+    m = ImageAffine(levels=4).eval()      # forward quantises the input to 4 levels: every input gradient is zero
     x = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     rp = pgd(m, x, eps=0.1, steps=20, random_start=False)
     assert int(rp.success.sum()) == 0
@@ -147,7 +117,7 @@ def test_square_breaks_a_gradient_masking_model_that_pgd_cannot():
 
 
 def test_square_is_deterministic_given_a_seed():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(30)
     a = square(m, x, eps=0.01, max_queries=200, seed=3)
     b = square(m, x, eps=0.01, max_queries=200, seed=3)
@@ -171,7 +141,7 @@ def test_square_p_schedule_follows_the_paper_rescaled_to_the_budget():
 
 
 def test_square_refuses_bad_input_before_any_query():
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points(4)
     for kw, msg in [(dict(max_queries=0), "max_queries"), (dict(norm="1"), "norm"), (dict(p_init=1.5), "p_init"),
                     (dict(p_init=0.0), "p_init"), (dict(loss="dlr"), "unknown loss"), (dict(eps=-0.1), "eps")]:
@@ -191,7 +161,7 @@ def test_square_at_least_as_strong_as_torchattacks_square_on_the_affine_model(no
     Measured (seeds 0–2, 200 samples, 500 queries): L∞ ours 0.455/0.445/0.450 vs 0.400/0.390/0.395 broken,
     L2 0.255/0.255/0.270 vs 0.225/0.250/0.250."""
     torchattacks = pytest.importorskip("torchattacks")
-    m = Affine().eval()
+    m = ImageAffine().eval()
     x = inner_points()
     eps = float(analytic_distance(m, x, norm).median())
     with torch.no_grad():
