@@ -1010,20 +1010,14 @@ def evaluate(
     from .checks import check_norm
     from .evaluation import evaluate as run_eval
     from .evaluation import save_evaluation
-    from .evaluation.suite import DEFAULT_EPS, default_attacks
+    from .evaluation.suite import DEFAULT_EPS, check_attacks, default_attacks
 
     nrm = check_norm(norm)
     if preset is not None or resume:
         _evaluate_cascade(s, preset=preset, attacks=attacks, eps=eps, norm=nrm, option=option, out=out, resume=resume)
         return
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
-    for a in names:
-        e = registry.attacks.get(a)
-        if not e.threat_model.per_sample:
-            raise OptionError(f"attack {a!r} ({e.threat}) is not a per-sample attack the suite can run; use its own "
-                              "command (e.g. georobust universal)")
-        if nrm not in e.norms:
-            raise OptionError(f"attack {a!r} does not support --norm {nrm} (it supports {', '.join(e.norms)})")
+    check_attacks(names, nrm)
     options = _eval_options(option, names)
     eps_list = _floats(eps, "--eps")
     n_runs = 0

@@ -35,6 +35,7 @@ from ..errors import CheckpointError, OptionError, unknown_name
 from ..results import AttackResult, Saveable
 from ..storage import atomic_write_text, ensure_writable
 from .alarms import ALARMS, MARGIN, Alarm, run_alarms
+from .suite import check_attacks
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,7 @@ def resolve_attacks(preset: str | None, attacks: Sequence[str] | None, norm: str
     names = list(attacks)
     if not names:
         raise OptionError("a cascade needs at least one attack")
-    for a in names:
-        e = registry.attacks.get(a)
-        if not e.threat_model.per_sample:
-            raise OptionError(f"attack {a!r} ({e.threat}) is not a per-sample attack; a cascade cannot run it")
-        if norm not in e.norms:
-            raise OptionError(f"attack {a!r} of the cascade does not support norm {norm} "
-                              f"(it supports {', '.join(e.norms)}); choose another norm or other attacks")
+    check_attacks(names, norm)
     if len(set(names)) != len(names):
         raise OptionError(f"an attack appears twice in the cascade: {names}")
     return names
@@ -127,7 +122,7 @@ def _call_options(entry, eps: float, norm: str, seed: int, opts: dict[str, Any])
     return kw
 
 
-def _broken(entry, r: AttackResult, eps: float, norm: str) -> torch.Tensor:
+def _broken(r: AttackResult, eps: float, norm: str) -> torch.Tensor:
     """Which samples of ``r`` are broken within ``eps`` (correct clean, fooled within the budget)."""
     correct = r.label_clean == r.y
     return correct & ~r.threat_model.robust(r, [eps], norm)[:, 0]
@@ -209,7 +204,7 @@ def cascade(model, x, y, *, eps: float, norm: Any = "inf", preset: str | None = 
                 r.save(saved)
                 done.append(name)
                 atomic_write_text(state_path, json.dumps({"config": config, "done": done}, indent=2))
-        hit = _broken(entry, r, float(eps), norm)
+        hit = _broken(r, float(eps), norm)
         gi = idx[hit]
         robust[gi] = False
         x_adv[gi] = r.x_adv[hit].to(x_adv.dtype)

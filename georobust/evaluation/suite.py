@@ -69,6 +69,18 @@ def default_attacks(norm: str) -> list[str]:
     return out
 
 
+def check_attacks(names: Sequence[str], norm: str) -> None:
+    """Every attack of an evaluation or a cascade: registered, per-sample (a universal perturbation is not) and
+    supporting ``norm`` — checked before any work."""
+    for a in names:
+        e = registry.attacks.get(a)
+        if not e.threat_model.per_sample:
+            raise OptionError(f"attack {a!r} ({e.threat}) is not a per-sample attack the suite or a cascade can run; "
+                              "use its own command (e.g. georobust universal)")
+        if norm not in e.norms:
+            raise OptionError(f"attack {a!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
+
+
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] | None = None,
              eps: Sequence[float] | None = None, norm: Any = "inf", model_name: str = "model",
              data_name: str = "data", options: dict[str, dict[str, Any]] | None = None,
@@ -89,12 +101,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
         if a not in attacks:
             raise OptionError(f"options given for attack {a!r}, which this evaluation does not run "
                               f"(attacks: {', '.join(attacks)}); add it to attacks= or drop its options")
+    check_attacks(attacks, norm)
     for e in entries:
-        if not e.threat_model.per_sample:
-            raise OptionError(f"attack {e.name!r} ({e.threat}) is not a per-sample attack the suite can run; "
-                              f"use its own command (e.g. georobust universal)")
-        if norm not in e.norms:
-            raise OptionError(f"attack {e.name!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
         e.check_options(options.get(e.name, {}))
     eps = sorted(float(e) for e in (eps if eps is not None else DEFAULT_EPS[norm]))
     if any(e < 0 for e in eps):
