@@ -39,11 +39,25 @@ def _peer(clf, x, y, *, eps: float, n_classes: int, seed: int, quick: bool) -> d
                 a.steps = 3
             if hasattr(a, "n_queries"):
                 a.n_queries = 50
+    per: dict[str, float] = {}
+    names = {"APGD": "apgd-ce", "APGDT": "apgd-t", "FAB": "fab-t", "Square": "square"}
+    for a in atk._autoattack.attacks:   # time each member attack (the peer reports no per-attack timings)
+        a.forward = _timed(a.forward, per, names.get(type(a).__name__, type(a).__name__))
     t = time.perf_counter()
     xa = atk(x, y)
     sec = time.perf_counter() - t
-    return {"method": "torchattacks AutoAttack", "seconds": sec,
+    return {"method": "torchattacks AutoAttack", "seconds": sec, "per_attack": per,
             "robust_accuracy": float((gr.predict(clf, xa) == y).double().mean())}
+
+
+def _timed(fn, per: dict, name: str):
+    def wrapped(*args, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            per[name] = per.get(name, 0.0) + time.perf_counter() - t
+    return wrapped
 
 
 def run(model: str, data: str, n: int, *, eps: float, seed: int, quick: bool) -> list[dict]:
@@ -93,16 +107,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = a.models or (["zoo:mlp-digits"] if a.quick else ["zoo:lenet-fmnist-at", "zoo:lenet-fmnist-cure"])
     n = a.n or (20 if a.quick else 1000)
     eps = a.eps or (0.05 if a.quick else 0.1)
+    head = f"AutoAttack benchmark: n={n}, L∞ eps={eps:g}, {a.threads} threads, torch {torch.__version__}"
     rows = []
     for m in models:
         data = gr.models.manifest()[m.removeprefix("zoo:")]["data"]
         rows += run(m, data, n, eps=eps, seed=a.seed, quick=a.quick)
-    print(f"AutoAttack benchmark: n={n}, L∞ eps={eps:g}, {a.threads} threads, torch {torch.__version__}")
-    text = table(rows)
+        text = table(rows)
+        if a.out:   # after each model: a long run that is stopped keeps the models it finished
+            with open(a.out, "w") as f:
+                f.write(head + "\n" + text + "\n")
+    print(head)
     print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
     return rows
 
 

@@ -14,6 +14,7 @@ images — the number ``tests/test_models.py`` recomputes — and the robust acc
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -54,7 +55,7 @@ def cascade_accuracy(clf, data_name: str) -> dict:
 
 
 def main(names: list[str]) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))   # 2 cores; OMP_NUM_THREADS overrides
     man = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     if names[:1] == ["--cascade-only"]:
         for name in names[1:] or sorted(man):
