@@ -11,7 +11,7 @@ PEER_DEPS := eagerpy GitPython requests six tqdm
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint pytest install install-test fmnist bench repro clean
+.PHONY: demo test lint pytest install install-test fmnist browser bench repro clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,14 +41,26 @@ fmnist:
 	  else echo "Fashion-MNIST absent and apt not usable; its tests will be skipped"; fi; \
 	fi
 
+# Debian's Chromium for the report's browser test (Playwright drives it: no browser download), when it is missing and
+# apt is usable (root); otherwise carry on without it (the test is skipped, naming the package).
+browser:
+	@if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian) for the report's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium; the report's browser test will be skipped"; \
+	  else echo "chromium absent and apt not usable; the report's browser test will be skipped (apt-get install chromium)"; fi; \
+	fi
+
 demo: install fmnist
 	@if $(PY) -c "import sys; from georobust.data import fashion_mnist as f; sys.exit(0 if f.available() else 1)"; then \
 	  echo "== demo: lenet-fmnist on Fashion-MNIST (1,000 test images) =="; \
-	  $(BIN)/georobust evaluate --model zoo:lenet-fmnist --data fashion-mnist --limit 1000 --out results/demo; \
+	  $(BIN)/georobust evaluate --model zoo:lenet-fmnist --data fashion-mnist --limit 1000 --out results/demo --report; \
 	else \
 	  echo "== demo: Fashion-MNIST is not available here; mlp-digits on the embedded digits =="; \
-	  $(BIN)/georobust evaluate --model zoo:mlp-digits --data digits --out results/demo; \
+	  $(BIN)/georobust evaluate --model zoo:mlp-digits --data digits --out results/demo --report; \
 	fi
+	@echo "== the report: results/demo/report.html (open it in a browser; georobust report results/demo rewrites it) =="
 
 lint: install-test
 	$(BIN)/ruff check georobust tests benchmarks repro tools
@@ -56,7 +68,7 @@ lint: install-test
 pytest: install-test
 	$(BIN)/pytest -m "slow or not slow"   # everything, the slow peer cross-checks included
 
-test: install-test fmnist lint pytest
+test: install-test fmnist browser lint pytest
 
 bench: install-test
 	$(PY) benchmarks/deepfool.py

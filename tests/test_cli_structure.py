@@ -20,9 +20,9 @@ from georobust.results import AttackResult
 SHARED = ("--model", "--data", "--split", "--limit", "--device", "--seed", "--verbose")
 #: commands that leave some shared options out, and why: train builds its model (--arch / --init) and trains
 #: on the train split; universal takes X from the train split and its held-out images from the test split;
-#: the listings load nothing but log
+#: the listings load nothing but log; report reads result folders (no data, no model)
 LEAVES_OUT = {("train",): ("--model", "--split"), ("universal",): ("--split",),
-              ("data", "list"): SHARED[:-1], ("zoo", "list"): SHARED[:-1]}
+              ("data", "list"): SHARED[:-1], ("zoo", "list"): SHARED[:-1], ("report",): SHARED[:-1]}
 
 
 def leaves(cmd=None, path=()):
