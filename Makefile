@@ -9,9 +9,10 @@ TORCH ?= torch==2.13.0
 PEERS := foolbox==3.3.4 torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
 PEER_DEPS := eagerpy GitPython requests six tqdm
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint pytest install install-test fmnist browser bench repro clean
+.PHONY: demo test lint pytest install install-test fmnist browser video bench repro clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,17 @@ browser:
 	  else echo "chromium absent and apt not usable; the report's browser test will be skipped (apt-get install chromium)"; fi; \
 	fi
 
+# OpenCV's surveillance video vtest.avi from Debian's opencv-doc, for the HOG detector's tests, when it is missing and
+# apt is usable (root); otherwise carry on without it (those tests are skipped, naming the package).
+video:
+	@if [ ! -f $(VTEST) ] && [ -z "$$GEOROBUST_DATA" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing opencv-doc (Debian) for vtest.avi"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
+	      || echo "could not install opencv-doc; the tests on vtest.avi will be skipped"; \
+	  else echo "vtest.avi absent and apt not usable; the tests on it will be skipped (apt-get install opencv-doc)"; fi; \
+	fi
+
 demo: install fmnist
 	@if $(PY) -c "import sys; from georobust.data import fashion_mnist as f; sys.exit(0 if f.available() else 1)"; then \
 	  echo "== demo: lenet-fmnist on Fashion-MNIST (1,000 test images) =="; \
@@ -68,7 +80,7 @@ lint: install-test
 pytest: install-test
 	$(BIN)/pytest -m "slow or not slow"   # everything, the slow peer cross-checks included
 
-test: install-test fmnist browser lint pytest
+test: install-test fmnist browser video lint pytest
 
 bench: install-test
 	$(PY) benchmarks/deepfool.py
