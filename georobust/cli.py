@@ -264,6 +264,30 @@ def _check_out_dir(out: Path | None, files: tuple[str, ...] = (), what: str = "-
     ensure_writable(out, directory=True, what=what)
     for f in files:
         ensure_writable(out / f, what=what)
+    _OUTPUTS.append((Path(out), tuple(files)))  # recorded in out/commands.json when the command succeeds
+
+
+#: the folders the running command writes into (:func:`_check_out_dir`), for :func:`_record_commands`
+_OUTPUTS: list[tuple[Path, tuple[str, ...]]] = []
+
+
+def _record_commands(s: Shared | None = None) -> None:
+    """Append the command that ran (as typed, and its shared options) to ``commands.json`` in each folder it wrote
+    into: the report (``georobust report``) says which command produced each part (georobust.report.commands)."""
+    from .report.commands import command_line, current_context, record
+
+    pending, _OUTPUTS[:] = list(_OUTPUTS), []
+    ctx = current_context()
+    if ctx is None or not pending:
+        return
+    line = command_line(ctx)
+    opts = {k: v for k, v in (s.__dict__ if s is not None else {}).items() if k != "verbose"}
+    folders: dict[Path, list[str]] = {}
+    for out, files in pending:
+        folders.setdefault(out, []).extend(files)
+    for out, files in folders.items():
+        if out.is_dir():
+            record(out, command=line, files=files, options=opts)
 
 
 # ----------------------------------------------------------------------------------- shared options
@@ -338,8 +362,11 @@ def shared(*names: str, omit: tuple[str, ...] = (), **defaults):
         def wrapper(**kw):
             s = Shared(**{n: kw.pop(n) for n in values})
             s.data_option = list(s.data_option or [])
+            _OUTPUTS.clear()
             try:
-                return fn(s, **kw)
+                result = fn(s, **kw)
+                _record_commands(s)
+                return result
             except GeorobustError as e:
                 _print_error(e)
                 raise typer.Exit(2) from None
@@ -945,9 +972,6 @@ def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> 
                 hook.remove()
             rep.update(total)
     summ = res.summary()
-    if res.size is not None and bool(res.success.any()):  # a sized threat model (spatial): the size found
-        sz = res.size[res.success].double()
-        summ.update(median_size=float(sz.median()), mean_size=float(sz.mean()))
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in summ.items() if k != "warnings"]
     _print_table(f"{name} on {s.model} / {s.data} ({s.split})", rows)
     _warn(getattr(res, "warnings", None))
@@ -992,6 +1016,44 @@ def _eval_options(option: list[str] | None, names: list[str]) -> dict[str, dict[
     return out
 
 
+class _Silent:
+    """The progress of a rank other than 0 under torchrun: nothing on the terminal (its log goes to a file)."""
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+    def print(self, msg: str) -> None:
+        log.info("%s", msg)
+
+
+def _distributed(s: Shared, out: Path | None):
+    """This process's place in a torchrun launch (one process without one): ``--device cuda`` becomes its local
+    GPU, the process group is joined (gloo on CPU, NCCL on CUDA), ranks other than 0 log to files
+    (``OUT/logs/rank<R>.log``, else ``georobust-logs/``)."""
+    from .evaluation import distributed as gdist
+
+    ctx = gdist.context_from_env()
+    if not ctx.distributed:
+        return ctx
+    dev = gdist.device_for(ctx, _device(s.device))
+    s.device = str(dev)
+    gdist.init(ctx, dev)
+    return ctx
+
+
+def _rank_logs(ctx, out: Path | None) -> None:
+    """After :func:`_start` (which sets up the terminal's logging): ranks other than 0 log to a file instead."""
+    from .evaluation import distributed as gdist
+
+    gdist.log_to_file(ctx, (out / "logs") if out is not None else Path("georobust-logs"))
+
+
 @app.command()
 @shared(limit=500)
 def evaluate(
@@ -1003,26 +1065,37 @@ def evaluate(
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", metavar="ATTACK.KEY=VALUE",
                                                help="an option of one attack, repeatable (e.g. pgd.steps=20)"),
     out: Optional[Path] = typer.Option(None, help="write evaluation.json, results and figures into this folder"),
+    report: bool = typer.Option(False, "--report", help="at the end, write OUT/report.html: the HTML report of "
+                                "everything in --out (georobust report)"),
     preset: Optional[str] = typer.Option(None, help="run a cascade instead: 'standard' = APGD-CE → APGD-T → FAB-T → "
                                          "Square, each on the samples still robust, at one --eps; robust accuracy "
                                          "is the per-sample worst case"),
-    resume: bool = typer.Option(False, "--resume", help="with --preset: continue the cascade whose state is in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run whose per-shard checkpoints are in --out"),
+    shard_size: int = typer.Option(256, "--shard-size", help="samples per shard: the unit of work of a process "
+                                   "under torchrun and of a checkpoint; it (not the number of processes) fixes the "
+                                   "random draws"),
 ):
     """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation), or the standard
-    cascade of strong attacks at one ε (--preset standard)."""
+    cascade of strong attacks at one ε (--preset standard). Sharded over processes when started by torchrun
+    (torchrun --nproc-per-node N -m georobust evaluate ...): the same results whatever N."""
     from .checks import check_norm
-    from .evaluation import evaluate as run_eval
+    from .evaluation import distributed as gdist
     from .evaluation import save_evaluation
     from .evaluation.suite import DEFAULT_EPS, check_attacks, default_attacks
 
     nrm = check_norm(norm)
-    if preset is not None or resume:
-        _evaluate_cascade(s, preset=preset, attacks=attacks, eps=eps, norm=nrm, option=option, out=out, resume=resume)
+    if report and out is None:
+        raise OptionError("--report writes OUT/report.html: give --out")
+    gdist.check_shard_size(shard_size)
+    if resume and out is None:
+        raise OptionError("--resume needs --out (the folder holding the run's checkpoints)")
+    if preset is not None:
+        _evaluate_cascade(s, preset=preset, attacks=attacks, eps=eps, norm=nrm, option=option, out=out, resume=resume,
+                          shard_size=shard_size)
+        if gdist.context_from_env().main:  # under torchrun, rank 0 alone writes
+            _report_at_end(s, report, out)
         return
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
-    if names and all(not registry.attacks.get(a).threat_model.lp for a in names):  # e.g. spatial: sized budgets
-        _evaluate_sized(s, names=names, eps=eps, option=option, out=out)
-        return
     check_attacks(names, nrm)
     options = _eval_options(option, names)
     eps_list = _floats(eps, "--eps")
@@ -1032,84 +1105,146 @@ def evaluate(
         n_runs += 1 if e.threat_model.curve else sum(1 for v in (eps_list or DEFAULT_EPS[nrm]) if v != 0)
     files = ("evaluation.json", "robust_accuracy.png") + tuple(
         f for a in names for f in (f"result_{a}.json", f"result_{a}.safetensors", f"examples_{a}.png"))
+    ctx = _distributed(s, out)
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    _rank_logs(ctx, out)
     x, y = run.x, run.y
     n = x.shape[0]
+    gdist.check_world(ctx, n, shard_size)
     eps_sorted = sorted(eps_list if eps_list is not None else DEFAULT_EPS[nrm])
-    state = {"done": 0, "running": False}
-    with Reporter("evaluating", n_runs * n, unit="attack-samples") as rep:
-        def on_attack(name, j, total):
+    # progress: the samples of the finished rounds of shards (all ranks), plus rank 0's runs in its current shard
+    state = {"base": 0, "runs": 0, "running": False, "shard": None}
+    with (Reporter("evaluating", n_runs * n, unit="attack-samples") if ctx.main else _Silent()) as rep:
+        def on_attack(name, j, total, a, b):
             # called before each run (and before the skipped ε = 0 of a bounded attack): the previous one is done
+            if state["shard"] != (a, b):
+                state.update(shard=(a, b), runs=0, running=False)
             if state["running"]:
-                state["done"] += 1
+                state["runs"] += 1
             bounded = not registry.attacks.get(name).threat_model.curve
             state["running"] = not (bounded and eps_sorted[j] == 0)
-            rep.update(min(state["done"], n_runs) * n, description=f"{name} ({j + 1}/{total})")
-        ev, results = run_eval(run.clf, x, y, attacks=names, eps=eps_list, norm=nrm, model_name=s.model,
-                               data_name=s.data, options=options, on_attack=on_attack)
+            rep.update(min(state["base"] + min(state["runs"], n_runs) * (b - a), n_runs * n),
+                       description=f"{name} ({j + 1}/{total})")
+
+        def on_progress(done):
+            state.update(base=done * n_runs, shard=None)
+            rep.update(state["base"])
+        try:
+            got = gdist.evaluate_sharded(ctx, run.clf, x, y, attacks=names, eps=eps_list, norm=nrm,
+                                         model_name=s.model, data_name=s.data, options=options, seed=s.seed,
+                                         shard_size=shard_size, resume=resume, on_attack=on_attack,
+                                         on_progress=on_progress,
+                                         state_dir=None if out is None else out / "evaluate-state")
+        finally:
+            gdist.shutdown(ctx)
+        if got is None:  # not rank 0: rank 0 writes
+            return
+        ev, results = got
         rep.update(n_runs * n, description="evaluated")
     console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
-    _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})" if ev.norm in ("0", "1", "2", "inf")
-                 else f"robust accuracy (budget: {ev.norm})", ev.table())
+    _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})", ev.table())
     _warn(list(getattr(ev, "warnings", None) or []) + [w for r in results.values() for w in
                                                         (getattr(r, "warnings", None) or [])])
     if out is not None:
         written = save_evaluation(ev, results, out, classes=_classes(s))
         console.print("wrote " + ", ".join(str(p) for p in written))
+        _report_at_end(s, report, out)
 
 
-def _evaluate_sized(s: Shared, *, names: list[str], eps: str | None, option, out: Path | None) -> None:
-    """``evaluate --attacks A,B`` where every attack's size is not an Lp norm (threat model ``spatial``): robust
-    accuracy versus budgets of their size unit (georobust.evaluation.suite.evaluate_sized), in one process."""
-    from .evaluation import save_evaluation
-    from .evaluation.suite import evaluate_sized
+def _report_at_end(s: Shared, report: bool, out: Path | None) -> None:
+    """``evaluate --report``: record the command, then write OUT/report.html from everything in OUT (rank 0 of a
+    torchrun launch only)."""
+    if not report or out is None or int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    from .report import write_report
 
+    _record_commands(s)
+    console.print(f"wrote the report {write_report([out], out / 'report.html')}")
+
+
+def _dense_data(s: Shared) -> bool:
+    """Whether ``--data`` holds label maps (a segmentation data set, task ``dense``)."""
+    try:
+        return gdata.info(s.data, **_data_options(s)).task == "dense"
+    except GeorobustError:
+        return False
+
+
+def _evaluate_dense(s: Shared, *, attacks, eps, norm, option, out) -> None:
+    """``evaluate`` on a segmentation data set: mIoU and pixel accuracy versus ε under the dense attacks (Houdini,
+    per-pixel cross-entropy PGD), one process; the table, ``evaluation.json``, the mIoU-vs-ε figure and examples."""
+    from .checks import model_task
+    from .evaluation.dense import DENSE_ATTACKS, DENSE_EPS, check_dense_attacks, evaluate_dense
+    from .evaluation.suite import save_evaluation
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else list(DENSE_ATTACKS)
+    check_dense_attacks(names, norm)
     options = _eval_options(option, names)
-    eps_list = _floats(eps, "--eps")
-    for a in names:
-        e = registry.attacks.get(a)
-        if "seed" in e.options() and "seed" not in options.get(a, {}) and "generator" not in options.get(a, {}):
-            options.setdefault(a, {})["seed"] = s.seed
+    eps_list = sorted(_floats(eps, "--eps") or DENSE_EPS[norm])
     files = ("evaluation.json", "robust_accuracy.png") + tuple(
         f for a in names for f in (f"result_{a}.json", f"result_{a}.safetensors", f"examples_{a}.png"))
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
-    with Reporter("evaluating", len(names), unit="attacks") as rep:
+    if model_task(run.clf, run.x) != "dense":
+        raise InputError(f"--data {s.data} holds label maps (segmentation), but model {s.model} is a classifier "
+                         "(it returns (N, K)); evaluate a segmenter on it (georobust zoo list)")
+    n, runs = run.x.shape[0], len(names) * sum(1 for e in eps_list if e != 0)
+    done = {"runs": 0}
+    with Reporter("evaluating", max(runs, 1) * n, unit="attack-samples") as rep:
         def on_attack(name, j, total):
-            rep.update(names.index(name), description=name)
-        ev, results = evaluate_sized(run.clf, run.x, run.y, attacks=names, eps=eps_list, model_name=s.model,
+            rep.update(min(done["runs"], runs) * n, description=f"{name} ({j + 1}/{total})")
+            done["runs"] += eps_list[j] != 0
+        ev, results = evaluate_dense(run.clf, run.x, run.y, attacks=names, eps=eps_list, norm=norm, model_name=s.model,
                                      data_name=s.data, options=options, on_attack=on_attack)
-        rep.update(len(names), description="evaluated")
-    console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
-    _print_table(f"robust accuracy (budget: {ev.norm})", ev.table())
-    _warn(list(ev.warnings))
+        rep.update(max(runs, 1) * n, description="evaluated")
+    console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean pixel accuracy {ev.clean_accuracy:.4f}, "
+                  f"clean mIoU {ev.clean_miou:.4f}")
+    _print_table(f"mIoU and pixel accuracy vs ε (L{'∞' if norm == 'inf' else norm})", ev.table())
+    _warn(ev.warnings)
     if out is not None:
         written = save_evaluation(ev, results, out, classes=_classes(s))
         console.print("wrote " + ", ".join(str(p) for p in written))
 
 
-def _evaluate_cascade(s: Shared, *, preset, attacks, eps, norm, option, out, resume) -> None:
-    """``evaluate --preset NAME``: the cascade at one ε (georobust.evaluation.cascade), with the alarms."""
-    from .evaluation.cascade import cascade, resolve_attacks
+def _evaluate_cascade(s: Shared, *, preset, attacks, eps, norm, option, out, resume, shard_size) -> None:
+    """``evaluate --preset NAME``: the cascade at one ε (georobust.evaluation.cascade), with the alarms; sharded
+    under torchrun (georobust.evaluation.distributed)."""
+    from .evaluation import distributed as gdist
+    from .evaluation.cascade import resolve_attacks
 
     if attacks is not None:
         raise OptionError("give --preset or --attacks, not both (a preset names its attacks)")
-    if resume and out is None:
-        raise OptionError("--resume needs --out (the folder holding the cascade's state)")
     names = resolve_attacks(preset or "standard", None, norm)
     eps_list = _floats(eps, "--eps")
     if not eps_list or len(eps_list) != 1:
         raise OptionError("a cascade runs at one budget: give exactly one --eps (e.g. --eps 0.1)")
     options = _eval_options(option, names)
     files = ("cascade_result.json", "cascade_result.safetensors")
+    ctx = _distributed(s, out)
     run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    _rank_logs(ctx, out)
+    n = run.x.shape[0]
+    gdist.check_world(ctx, n, shard_size)
     state = None if out is None else out / "cascade-state"
-    with Reporter("cascade", len(names), unit="attacks") as rep:
+    # progress in attack-samples: the finished rounds of shards (all ranks), plus rank 0's current shard
+    prog = {"base": 0}
+    with (Reporter("cascade", len(names) * n, unit="attack-samples") if ctx.main else _Silent()) as rep:
         def on_attack(name, i, total, active):
-            rep.update(i, description=f"{name} on {active} robust samples ({i + 1}/{total})")
-        res = cascade(run.clf, run.x, run.y, eps=eps_list[0], norm=norm, preset=preset or "standard",
-                      options=options, seed=s.seed, state_dir=state, resume=resume, model_name=s.model,
-                      on_attack=on_attack)
-        rep.update(len(names), description="cascade done")
+            rep.update(prog["base"] + i * min(shard_size, n), description=f"{name} on {active} robust samples "
+                       f"({i + 1}/{total})")
+
+        def on_progress(done):
+            prog["base"] = done * len(names)
+            rep.update(prog["base"])
+        try:
+            res = gdist.cascade_sharded(ctx, run.clf, run.x, run.y, eps=eps_list[0], norm=norm, attacks=names,
+                                        options=options, seed=s.seed, shard_size=shard_size, state_dir=state,
+                                        resume=resume, model_name=s.model, on_attack=on_attack,
+                                        on_progress=on_progress)
+        finally:
+            gdist.shutdown(ctx)
+        if res is None:  # not rank 0: rank 0 writes
+            return
+        rep.update(len(names) * n, description="cascade done")
     console.print(f"{s.model} on {s.data} ({s.split}, n={res.robust.numel()}): clean accuracy "
                   f"{res.clean_accuracy:.4f}, robust accuracy {res.robust_accuracy:.4f} at ε={res.eps:g} "
                   f"(L{'∞' if norm == 'inf' else norm}, per-sample worst case over {', '.join(res.attacks)})")
@@ -1493,6 +1628,32 @@ def universal(
     plots.universal_examples(xe[:64], res.v, lc, la, out / "examples.png", classes=_classes(s),
                              bounds=run.clf.bounds)
     console.print(f"wrote {out}/universal.json/.safetensors, {out}/perturbation.png, {out}/examples.png")
+
+
+# -------------------------------------------------------------------------------------------- report
+@app.command("report")
+@shared("verbose")
+def report_command(
+    s: Shared,
+    results: list[Path] = typer.Argument(..., metavar="RESULTS_DIR [RESULTS_DIR_B]",
+                                         help="the --out folder(s) of georobust commands; two: side by side"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file to write (default: "
+                                       "RESULTS_DIR/report.html; required with two folders)"),
+    compare: bool = typer.Option(False, "--compare", help="allow results of different models (side by side)"),
+):
+    """One self-contained HTML report (no network needed to read it) of the results in RESULTS_DIR: model and data,
+    robust accuracy tables and curves, alarms, timings, example images, geometry figures, the commands. Two
+    folders give a comparison side by side; results of different models need --compare."""
+    from .report import write_report
+
+    _start(s, model=False, data=False)
+    if out is None:
+        if len(results) > 1:
+            raise OptionError("a comparison of several folders needs -o FILE.html (where to write it)")
+        out = results[0] / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise OptionError(f"-o {out}: the report is an HTML file; name it {out.with_suffix('.html').name}")
+    console.print(f"wrote {write_report(results, out, compare=compare)}")
 
 
 def main():  # pragma: no cover - entry point

@@ -363,6 +363,52 @@ def universal_comparison(rates: dict[str, dict[str, float]], path, *, title: str
     return _save(fig, path)
 
 
+def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None = None,
+                      title: str | None = None) -> Path:
+    """A patch attack's result (:class:`georobust.attacks.patch.PatchResult`): the patch with its mask (left)
+    and held-out inputs before (top) and after (bottom) the patch is pasted at their random placements, with the
+    predicted labels; inputs the patch moved to success first, a success's label in red."""
+    held = result.held_out if result.held_out is not None else torch.ones_like(result.success)
+    idx = held.nonzero().squeeze(1)
+    goal = result.target if result.target is not None else None
+    already = (result.label_clean == goal) if goal is not None else (result.label_clean != result.y)
+    flipped = result.success & ~already  # shown first: the patch changed the answer; then the rest
+    order = idx[torch.argsort((~flipped[idx]).to(torch.int8), stable=True)][:n]
+    k = max(len(order), 1)
+    fig = plt.figure(figsize=(2.2 + 1.3 * k, 3.2))
+    gs = fig.add_gridspec(2, k + 2, width_ratios=[2, 0.15] + [1] * k)
+    ax = fig.add_subplot(gs[:, 0])
+    p = result.patch.detach().float().cpu()
+    s = p.shape[-1]
+    u = (torch.arange(s, dtype=torch.float32) + 0.5) * 2 / s - 1
+    yy, xx = torch.meshgrid(u, u, indexing="ij")
+    inside = (xx**2 + yy**2 <= 1) if result.mask == "circle" else torch.ones(s, s, dtype=torch.bool)
+    lo, hi = float(p.min()), float(p.max())
+    shown = (p - lo) / max(hi - lo, 1e-12)  # the patch lives in the model's bounds: shown stretched to [0, 1]
+    shown = torch.where(inside, shown, torch.ones_like(shown))
+    img, cmap = _img(shown)
+    ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+    tgt = result.params.get("target_class")
+    ax.set_title(f"patch ({result.mask}{'' if tgt is None else ', target ' + _name(tgt, classes)})", fontsize=8)
+    ax.axis("off")
+    for j, i in enumerate(order.tolist()):
+        for row, (im, lab) in enumerate(((result.x[i], result.label_clean[i]), (result.x_adv[i], result.label_adv[i]))):
+            a = fig.add_subplot(gs[row, j + 2])
+            img, cmap = _img(im)
+            a.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            a.set_title(_name(lab, classes), fontsize=7, color="red" if row == 1 and bool(result.success[i]) else "black")
+            a.axis("off")
+    s = result.summary()
+    fig.suptitle(title or (f"held-out success {s['held_out_success_rate']:.2f} (random patch "
+                           f"{s['held_out_success_random_patch']:.2f}, none {s['held_out_success_without_patch']:.2f}); "
+                           f"mean area {s['mean_patch_area']:.2f}"), fontsize=8)
+    return _save(fig, path)
+
+
+def _name(c, classes: Sequence[str] | None) -> str:
+    return classes[int(c)] if classes else str(int(c))
+
+
 def spatial_caption(result, i: int) -> str:
     """What a spatial attack did to sample ``i``, from its result: the size (``AttackResult.size``), the transform
     (``params["transform"][i]`` named by ``params["transform_names"]``) and the largest pixel displacement
@@ -409,3 +455,49 @@ def spatial_examples(result, path, *, n: int = 6, classes: Sequence[str] | None 
     axes[2][0].set_ylabel("difference", fontsize=8)
     fig.suptitle(f"{result.attack} (threat model spatial)", fontsize=9)
     return _save(fig, path)
+
+
+def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None = None,
+                      title: str | None = None) -> Path:
+    """A patch attack's result (:class:`georobust.attacks.patch.PatchResult`): the patch with its mask (left)
+    and held-out inputs before (top) and after (bottom) the patch is pasted at their random placements, with the
+    predicted labels; inputs the patch moved to success first, a success's label in red."""
+    held = result.held_out if result.held_out is not None else torch.ones_like(result.success)
+    idx = held.nonzero().squeeze(1)
+    goal = result.target if result.target is not None else None
+    already = (result.label_clean == goal) if goal is not None else (result.label_clean != result.y)
+    flipped = result.success & ~already  # shown first: the patch changed the answer; then the rest
+    order = idx[torch.argsort((~flipped[idx]).to(torch.int8), stable=True)][:n]
+    k = max(len(order), 1)
+    fig = plt.figure(figsize=(2.2 + 1.3 * k, 3.2))
+    gs = fig.add_gridspec(2, k + 2, width_ratios=[2, 0.15] + [1] * k)
+    ax = fig.add_subplot(gs[:, 0])
+    p = result.patch.detach().float().cpu()
+    s = p.shape[-1]
+    u = (torch.arange(s, dtype=torch.float32) + 0.5) * 2 / s - 1
+    yy, xx = torch.meshgrid(u, u, indexing="ij")
+    inside = (xx**2 + yy**2 <= 1) if result.mask == "circle" else torch.ones(s, s, dtype=torch.bool)
+    lo, hi = float(p.min()), float(p.max())
+    shown = (p - lo) / max(hi - lo, 1e-12)  # the patch lives in the model's bounds: shown stretched to [0, 1]
+    shown = torch.where(inside, shown, torch.ones_like(shown))
+    img, cmap = _img(shown)
+    ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+    tgt = result.params.get("target_class")
+    ax.set_title(f"patch ({result.mask}{'' if tgt is None else ', target ' + _name(tgt, classes)})", fontsize=8)
+    ax.axis("off")
+    for j, i in enumerate(order.tolist()):
+        for row, (im, lab) in enumerate(((result.x[i], result.label_clean[i]), (result.x_adv[i], result.label_adv[i]))):
+            a = fig.add_subplot(gs[row, j + 2])
+            img, cmap = _img(im)
+            a.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            a.set_title(_name(lab, classes), fontsize=7, color="red" if row == 1 and bool(result.success[i]) else "black")
+            a.axis("off")
+    s = result.summary()
+    fig.suptitle(title or (f"held-out success {s['held_out_success_rate']:.2f} (random patch "
+                           f"{s['held_out_success_random_patch']:.2f}, none {s['held_out_success_without_patch']:.2f}); "
+                           f"mean area {s['mean_patch_area']:.2f}"), fontsize=8)
+    return _save(fig, path)
+
+
+def _name(c, classes: Sequence[str] | None) -> str:
+    return classes[int(c)] if classes else str(int(c))
