@@ -9,7 +9,7 @@ from conftest import run_cli
 from torch import nn
 
 import georobust as gr
-from georobust.attacks.patch import PatchCheckpoint, PatchResult, adversarial_patch
+from georobust.attacks.patch import PatchCheckpoint, PatchResult, adversarial_patch, evaluate_patch
 from georobust.core.placement import Placements, coverage
 from georobust.errors import InputError, OptionError, OutputError
 
@@ -140,3 +140,14 @@ def test_registered_and_served_by_the_cli(tmp_path):
     res = PatchResult.load(out / "result_patch")
     assert res.patch.shape == (1, 8, 8) and res.params["steps"] == 5 and res.params["scale"] == [0.4, 0.6]
     assert (out / "examples_patch.png").exists()
+
+
+def test_evaluate_patch_scores_any_patch_by_re_running_the_model(dark):
+    m = Bright().eval()
+    kw = dict(target=1, mask="square", scale=0.5, rotation=0.0, draws=3)
+    ones = evaluate_patch(m, dark, torch.ones(1, 8, 8), **kw)
+    zeros = evaluate_patch(m, dark, torch.zeros(1, 8, 8), **kw)
+    assert ones["success_rate"] == 1.0 and zeros["success_rate"] == 0.0 and ones["n"] == 60
+    assert ones["mean_area"] == 0.25 and ones["success_without_patch"] == 0.0
+    with pytest.raises(InputError, match="bounds"):
+        evaluate_patch(m, dark, torch.full((1, 8, 8), 2.0), **kw)

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_positive, prepare
+from ..checks import check_positive, predict, prepare
 from ..core.placement import Placements, apply_patch, check_mask, check_scale, sample_placements
 from ..engine.protocol import attack
 from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
@@ -126,7 +126,7 @@ class PatchCheckpoint(Saveable):
     loss_history: list = field(default_factory=list)
 
 
-def _step_generator(seed: int, step: int, device) -> torch.Generator:
+def step_generator(seed: int, step: int, device) -> torch.Generator:
     """The generator of step ``step``: a function of ``(seed, step)`` only, so a resumed run draws the same."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
 
@@ -266,7 +266,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         history = list(saved.loss_history)
         log.info("patch: resuming after step %d of %d", start, steps)
     else:
-        g0 = _step_generator(seed, 0, "cpu")
+        g0 = step_generator(seed, 0, "cpu")
         if init == "mid":
             patch = torch.full((c, s, s), (lo + hi) / 2, dtype=dt, device=dev)
         else:
@@ -281,7 +281,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
                             list(history)).save(checkpoint)
 
     for t in range(start, steps):
-        g = _step_generator(seed, t + 1, "cpu")
+        g = step_generator(seed, t + 1, "cpu")
         idx = torch.randint(ntr, (min(batch_size, ntr),), generator=g).to(dev)
         pl = sample_placements(idx.numel(), (h, w), scale=scale, rotation=rotation, perspective=perspective,
                                generator=g, device=dev)
@@ -306,7 +306,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
             save(t + 1)
     save(max(steps, start))
     # ---- evaluation: every input carries the final patch at a random placement; the model is re-run
-    ge = _step_generator(seed, -1, "cpu")
+    ge = step_generator(seed, -1, "cpu")
     pl = sample_placements(n, (h, w), scale=scale, rotation=rotation, perspective=perspective, generator=ge,
                            device=dev)
     with torch.no_grad():
@@ -329,3 +329,44 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         log.warning("patch: no held-out input to report on")
     return out
 
+
+
+def evaluate_patch(model, x, patch, y=None, *, target: int | None = None, mask: str = "circle", scale=(0.1, 0.4),
+                   rotation: float = 22.5, perspective: float = 0.0, draws: int = 1, seed: int = 0) -> dict:
+    """The verified success rate of a given ``patch`` ``(C, s, s)`` on ``x`` at ``draws`` random placements per
+    input (the model re-run on every patched input): the fraction of (input, placement) pairs predicted as
+    ``target`` (targeted) or off ``y`` (untargeted; default labels: the model's predictions). Any patch can be
+    scored with it, e.g. one made by another library, under the same placements.
+
+    Returns ``{"success_rate", "success_without_patch", "mean_area", "n", "draws"}``.
+    """
+    check_mask(mask)
+    check_positive(draws, "draws", integer=True)
+    check_positive(seed, "seed", integer=True, allow_zero=True)
+    sample_placements(0, (1, 1), scale=scale, rotation=rotation, perspective=perspective)
+    p = prepare(model, x, y, target=target)
+    if p.x.ndim != 4:
+        raise InputError(f"a patch needs images (N, C, H, W), got inputs of shape {tuple(p.x.shape)}")
+    if not isinstance(patch, torch.Tensor):
+        raise InputError(f"patch must be a tensor (C, s, s), got {type(patch).__name__}")
+    patch = patch.to(p.x.device, p.x.dtype)
+    lo, hi = p.clf.bounds
+    if bool((patch < lo).any() or (patch > hi).any()):
+        raise InputError(f"the patch has values outside the model's bounds [{lo:g}, {hi:g}]; clamp it first")
+    n, _, h, w = p.x.shape
+    g = step_generator(seed, -2, "cpu")
+    hits = 0
+    area = 0.0
+    goal = p.target if p.target is not None else p.y
+    for _ in range(draws):
+        pl = sample_placements(n, (h, w), scale=scale, rotation=rotation, perspective=perspective, generator=g,
+                               device=p.x.device)
+        with torch.no_grad():
+            xa, cover = apply_patch(p.x, patch, pl, mask=mask)
+        lab = predict(p.clf, xa)
+        ok = (lab == goal) if p.target is not None else (lab != goal)
+        hits += int(ok.sum())
+        area += float(cover.flatten(1).double().mean(1).sum())
+    already = (p.pred == goal) if p.target is not None else (p.pred != goal)
+    return {"success_rate": hits / (n * draws), "success_without_patch": float(already.double().mean()),
+            "mean_area": area / (n * draws), "n": int(n), "draws": int(draws)}
