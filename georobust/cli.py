@@ -972,6 +972,9 @@ def _attack(entry, s: Shared, *, eps, norm, target, option, use_labels, out) -> 
                 hook.remove()
             rep.update(total)
     summ = res.summary()
+    if res.size is not None and bool(res.success.any()):  # a sized threat model (spatial): the size found
+        sz = res.size[res.success].double()
+        summ.update(median_size=float(sz.median()), mean_size=float(sz.mean()))
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in summ.items() if k != "warnings"]
     _print_table(f"{name} on {s.model} / {s.data} ({s.split})", rows)
     _warn(getattr(res, "warnings", None))
@@ -1092,10 +1095,13 @@ def evaluate(
     if preset is not None:
         _evaluate_cascade(s, preset=preset, attacks=attacks, eps=eps, norm=nrm, option=option, out=out, resume=resume,
                           shard_size=shard_size)
-        if gdist.context_from_env().main:  # under torchrun, rank 0 alone writes
-            _report_at_end(s, report, out)
+        _report_at_end(s, report, out)
         return
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else default_attacks(nrm)
+    if names and all(not registry.attacks.get(a).threat_model.lp for a in names):  # e.g. spatial: sized budgets
+        _evaluate_sized(s, names=names, eps=eps, option=option, out=out)
+        _report_at_end(s, report, out)
+        return
     check_attacks(names, nrm)
     options = _eval_options(option, names)
     eps_list = _floats(eps, "--eps")
@@ -1142,13 +1148,43 @@ def evaluate(
         ev, results = got
         rep.update(n_runs * n, description="evaluated")
     console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
-    _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})", ev.table())
+    _print_table(f"robust accuracy (L{'∞' if ev.norm == 'inf' else ev.norm})" if ev.norm in ("0", "1", "2", "inf")
+                 else f"robust accuracy (budget: {ev.norm})", ev.table())
     _warn(list(getattr(ev, "warnings", None) or []) + [w for r in results.values() for w in
                                                         (getattr(r, "warnings", None) or [])])
     if out is not None:
         written = save_evaluation(ev, results, out, classes=_classes(s))
         console.print("wrote " + ", ".join(str(p) for p in written))
         _report_at_end(s, report, out)
+
+
+def _evaluate_sized(s: Shared, *, names: list[str], eps: str | None, option, out: Path | None) -> None:
+    """``evaluate --attacks A,B`` where every attack's size is not an Lp norm (threat model ``spatial``): robust
+    accuracy versus budgets of their size unit (georobust.evaluation.suite.evaluate_sized), in one process."""
+    from .evaluation import save_evaluation
+    from .evaluation.suite import evaluate_sized
+
+    options = _eval_options(option, names)
+    eps_list = _floats(eps, "--eps")
+    for a in names:
+        e = registry.attacks.get(a)
+        if "seed" in e.options() and "seed" not in options.get(a, {}) and "generator" not in options.get(a, {}):
+            options.setdefault(a, {})["seed"] = s.seed
+    files = ("evaluation.json", "robust_accuracy.png") + tuple(
+        f for a in names for f in (f"result_{a}.json", f"result_{a}.safetensors", f"examples_{a}.png"))
+    run = _start(s, check_outputs=lambda: _check_out_dir(out, files))
+    with Reporter("evaluating", len(names), unit="attacks") as rep:
+        def on_attack(name, j, total):
+            rep.update(names.index(name), description=name)
+        ev, results = evaluate_sized(run.clf, run.x, run.y, attacks=names, eps=eps_list, model_name=s.model,
+                                     data_name=s.data, options=options, on_attack=on_attack)
+        rep.update(len(names), description="evaluated")
+    console.print(f"{s.model} on {s.data} ({s.split}, n={ev.n}): clean accuracy {ev.clean_accuracy:.4f}")
+    _print_table(f"robust accuracy (budget: {ev.norm})", ev.table())
+    _warn(list(ev.warnings))
+    if out is not None:
+        written = save_evaluation(ev, results, out, classes=_classes(s))
+        console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 def _report_at_end(s: Shared, report: bool, out: Path | None) -> None:

@@ -50,11 +50,13 @@ class Evaluation:
         return dict(self.__dict__)
 
     def table(self) -> list[list[str]]:
-        head = ["attack"] + [f"ε={e:g}" for e in self.eps] + ["median ‖r‖", "seconds"]
+        lp = self.norm in ("0", "1", "2", "inf")  # else the unit of a sized threat model (evaluate_sized)
+        head = (["attack"] + [f"ε={e:g}" if lp else f"≤{e:g}" for e in self.eps]
+                + ["median ‖r‖" if lp else f"median {self.norm}", "seconds"])
         rows = [head]
         for a, accs in self.robust.items():
             d = self.details.get(a, {})
-            med = d.get("median_l2" if self.norm == "2" else "median_linf")
+            med = d.get("median_l2" if self.norm == "2" else "median_linf") if lp else d.get("median_size")
             rows.append([a] + [f"{v:.3f}" for v in accs]
                         + [f"{med:.4g}" if med is not None else "—", f"{d.get('seconds', 0):.2f}"])
         rows.append(["worst case"] + [f"{v:.3f}" for v in self.worst_case] + ["", f"{self.seconds:.2f}"])
@@ -77,7 +79,7 @@ def check_attacks(names: Sequence[str], norm: str) -> None:
         if not e.threat_model.per_sample:
             raise OptionError(f"attack {a!r} ({e.threat}) is not a per-sample attack the suite or a cascade can run; "
                               "use its own command (e.g. georobust universal)")
-        if norm not in e.norms:
+        if e.threat_model.lp and norm not in e.norms:
             raise OptionError(f"attack {a!r} does not support norm {norm} (it supports {', '.join(e.norms)})")
 
 
@@ -85,13 +87,23 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
              eps: Sequence[float] | None = None, norm: Any = "inf", model_name: str = "model",
              data_name: str = "data", options: dict[str, dict[str, Any]] | None = None,
              on_attack: Callable[[str, int, int], None] | None = None,
-             keep_results: bool = True) -> tuple[Evaluation, dict[str, AttackResult]]:
+             keep_results: bool = True, threat: str | None = None) -> tuple[Evaluation, dict[str, AttackResult]]:
     """Evaluate ``model`` on ``(x, y)``; return the :class:`Evaluation` and the last result per attack.
 
     ``attacks`` are registered names (default: those of FGSM, PGD, DeepFool that are available for
-    ``norm``); ``options`` maps an attack name to extra keyword options.
+    ``norm``); ``options`` maps an attack name to extra keyword options. Attacks of a threat model whose size
+    is not an Lp norm (``threat="spatial"``, or every attack given is one) are evaluated by
+    :func:`evaluate_sized`: ``eps`` are then budgets of their size (e.g. the grid radius).
     """
     norm = check_norm(norm)
+    if threat is not None or (attacks and all(not registry.attacks.get(a).threat_model.lp for a in attacks)):
+        return evaluate_sized(model, x, y, attacks=attacks, eps=eps, threat=threat or "spatial",
+                              model_name=model_name, data_name=data_name, options=options, on_attack=on_attack,
+                              keep_results=keep_results)
+    sized = [a for a in attacks or () if not registry.attacks.get(a).threat_model.lp]
+    if sized:
+        raise OptionError(f"{', '.join(sized)} measure sizes in their own threat model, not an Lp norm: evaluate them "
+                          "apart from the Lp attacks (threat='spatial'; CLI: --attacks with only them)")
     attacks = list(attacks) if attacks is not None else default_attacks(norm)
     if not attacks:
         raise OptionError(f"no attack to run for norm {norm}")
@@ -196,3 +208,100 @@ def save_evaluation(ev: Evaluation, results: dict[str, AttackResult], out: str |
     for name, r in results.items():
         written.append(plots.adversarial_examples(r, out / f"examples_{name}.png", classes=classes))
     return written
+
+
+#: default attacks of a sized threat model's evaluation, in this order, when registered
+DEFAULT_SIZED_ATTACKS = {"spatial": ("spatial-worst-of-k", "spatial-grid")}
+#: default budgets per size unit (``size_unit`` of the attacks' registry entries)
+DEFAULT_SIZES = {"grid radius": (0.0, 0.25, 0.5, 0.75, 1.0)}
+
+
+def size_unit(entry) -> str:
+    """The unit of an attack's ``AttackResult.size`` (its registry entry's ``size_unit``; else its own name, so
+    attacks that do not declare one are never compared with others)."""
+    return str(entry.extra.get("size_unit") or entry.name)
+
+
+def evaluate_sized(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] | None = None,
+                   eps: Sequence[float] | None = None, threat: str = "spatial", model_name: str = "model",
+                   data_name: str = "data", options: dict[str, dict[str, Any]] | None = None,
+                   on_attack: Callable[[str, int, int], None] | None = None,
+                   keep_results: bool = True) -> tuple[Evaluation, dict[str, AttackResult]]:
+    """Clean accuracy and robust accuracy versus the size of a perturbation in a threat model whose size is not
+    an Lp norm (``spatial``: rotations and translations, flows, geodesic distances; see
+    :mod:`georobust.core.threat`). Each attack runs once; robust accuracy at budget ``b`` is read from its
+    result's ``size`` (correct and not fooled with size ``<= b``), and the worst case is the per-sample minimum
+    over the attacks. The attacks must measure sizes in one unit (their registry entries' ``size_unit``, e.g.
+    the grid radius of ``spatial-grid`` and ``spatial-worst-of-k``) and agree on the options that define it
+    (``size_options``, e.g. the box of the grid): a flow loss and a grid radius are not one axis.
+    ``Evaluation.norm`` holds the unit."""
+    from ..core.threat import threat_model
+
+    tm = threat_model(threat)
+    if tm.lp or not tm.per_sample:
+        raise OptionError(f"threat model {tm.name!r} measures sizes as an Lp norm or is not per-sample: "
+                          "evaluate it with norm= instead")
+    if attacks is None:
+        attacks = [a for a in DEFAULT_SIZED_ATTACKS.get(tm.name, ()) if a in registry.attacks]
+    attacks = list(attacks)
+    if not attacks:
+        raise OptionError(f"no attack to run for the {tm.name} threat model; name them with attacks=")
+    entries = [registry.attacks.get(a) for a in attacks]
+    for e in entries:
+        if e.threat != tm.name:
+            raise OptionError(f"attack {e.name!r} is a {e.threat} attack, not a {tm.name} one: evaluate the two "
+                              "threat models separately")
+    units = sorted({size_unit(e) for e in entries})
+    if len(units) > 1:
+        raise OptionError(f"the attacks measure sizes in different units ({', '.join(units)}): a robust accuracy "
+                          "at one budget means nothing across them; evaluate each unit separately")
+    unit = units[0]
+    options = options or {}
+    for a in options:
+        if a not in attacks:
+            raise OptionError(f"options given for attack {a!r}, which this evaluation does not run "
+                              f"(attacks: {', '.join(attacks)}); add it to attacks= or drop its options")
+    resolved = {}
+    for e in entries:
+        opts = e.check_options(options.get(e.name, {}))
+        defaults = {k: p.default for k, p in e.options().items()}
+        resolved[e.name] = {k: opts.get(k, defaults.get(k)) for k in e.extra.get("size_options", ())}
+    if len({tuple(sorted(v.items())) for v in resolved.values()}) > 1:
+        raise OptionError(f"the attacks define the {unit} differently ({resolved}); give them the same options")
+    if eps is None:
+        if unit not in DEFAULT_SIZES:
+            raise OptionError(f"give the budgets (eps=) of the {unit}: there is no default for it")
+        eps = DEFAULT_SIZES[unit]
+    eps = sorted(float(e) for e in eps)
+    if any(e < 0 for e in eps):
+        raise OptionError(f"budgets must be >= 0, got {eps}")
+    p = prepare(model, x, y, labels_required=True)
+    t0 = time.perf_counter()
+    correct = p.pred == p.y
+    masks, results, details = {}, {}, {}
+    for e in entries:
+        ta = time.perf_counter()
+        if on_attack is not None:
+            on_attack(e.name, 0, 1)
+        r = e.fn(p.clf, p.x, p.y, **e.check_options(options.get(e.name, {})))
+        masks[e.name] = correct[:, None] & r.threat_model.robust(r, eps)
+        results[e.name] = r
+        d = r.summary()
+        ok = r.success & correct
+        d["median_size"] = float(r.size[ok].double().median()) if bool(ok.any()) else None
+        d["size_unit"] = unit
+        d["seconds"] = time.perf_counter() - ta
+        details[e.name] = d
+    ev = Evaluation(model_name, data_name, p.n, unit, eps, float(correct.double().mean()))
+    ev.warnings = list(getattr(p.clf, "output_warnings", None) or [])
+    worst = correct[:, None].repeat(1, len(eps))
+    for name, robust in masks.items():
+        ev.robust[name] = robust.double().mean(0).tolist()
+        ev.details[name] = details[name]
+        worst &= robust
+    for w in (w for r in results.values() for w in r.warnings):
+        if w not in ev.warnings:
+            ev.warnings.append(w)
+    ev.worst_case = worst.double().mean(0).tolist()
+    ev.seconds = time.perf_counter() - t0
+    return ev, results if keep_results else {}
