@@ -252,3 +252,16 @@ def test_detections_on_real_frames_match_detectmultiscale(det, cvhog):
         assert scores.shape == (len(ours),) and (scores.numpy() >= 0).all()
     assert n_ref >= 3
     assert found / n_ref >= 0.95 and matched / max(n_ours, 1) >= 0.95
+
+
+@pytest.mark.slow
+def test_benchmark_quick():
+    from conftest import load_script
+
+    out = load_script("benchmarks/hog.py").main(["--quick", "--threads", "1"])
+    s = out["speed"]
+    assert s["frames"] == 1 and s["opencv_s"] > 0 and s["port_detect_s"] > 0 and s["port_attack_step_s"] > 0
+    if video.available():
+        r = out["agreement"]
+        assert r["frames"] == 2 and r["opencv_boxes"] >= 2
+        assert r["recall"] >= 0.95 and r["precision"] >= 0.95
