@@ -47,6 +47,7 @@ from .models.classifier import Classifier, as_classifier
 log = logging.getLogger(__name__)
 
 CLASSIFICATION = get_task("classification")
+DENSE = get_task("dense")
 
 #: float round-off after normalisation may push inputs this far outside the bounds; it is clamped away.
 BOUNDS_TOL = 1e-6
@@ -162,11 +163,49 @@ def check_labels(y: Any, n: int, num_classes: int | None = None, *, name: str = 
     return y
 
 
-def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, int]:
+def check_label_maps(y: Any, n: int, shape: tuple[int, ...], num_classes: int | None = None, *, name: str = "y",
+                     ignore_index: int | None = DENSE.ignore_index) -> torch.Tensor:
+    """Validate int label maps ``(N, H, W)`` of a dense-prediction model (``shape`` = its output's ``(H, W)``):
+    values in ``[0, num_classes)`` or ``ignore_index`` (pixels that do not count; ``None``: none allowed)."""
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of int64 label maps (N, H, W), got {type(y).__name__}")
+    if y.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+        raise InputError(f"{name} must hold integer class indices (int64), got {y.dtype}; use {name}.long()")
+    want = (n, *shape)
+    if tuple(y.shape) != want:
+        hint = ("; labels (N,) are for classifiers — a segmenter needs one label per pixel" if y.ndim == 1 else "")
+        raise InputError(f"{name} has shape {tuple(y.shape)}, but the model predicts label maps of shape {want} "
+                         f"for these {n} inputs: one label per output pixel{hint}")
+    y = y.long()
+    counted = y if ignore_index is None else y[y != ignore_index]
+    if counted.numel() and (int(counted.min()) < 0 or (num_classes is not None and int(counted.max()) >= num_classes)):
+        ign = "" if ignore_index is None else f" (or {ignore_index}, the ignore index)"
+        raise InputError(f"{name} has labels in [{int(counted.min())}, {int(counted.max())}], outside "
+                         f"[0, {num_classes}){ign} for a model with {num_classes} classes per pixel")
+    return y
+
+
+def model_task(model: Any, x: torch.Tensor) -> str:
+    """The task of ``model`` read from its output on (up to two samples of) ``x``: ``"dense"`` when it returns
+    logits ``(N, K, H, W)``, else ``"classification"`` (validated by :func:`check_model` afterwards)."""
+    if not isinstance(model, nn.Module):
+        return "classification"
+    clf = as_classifier(model)
+    probe = match_dtype(x[:2], clf) if x.is_floating_point() else x[:2]
+    try:
+        with torch.inference_mode():
+            out = clf(probe)
+    except RuntimeError:
+        return "classification"  # check_model reports the failure with its shapes
+    return "dense" if isinstance(out, torch.Tensor) and out.ndim == 4 else "classification"
+
+
+def check_model(model: Any, x: torch.Tensor | None = None, *, task: str = "classification") -> tuple[Classifier, int]:
     """Wrap and validate a model; return ``(classifier, num_classes)``.
 
     Refuses a model in training mode, a model on another device than ``x``, and a model whose output on
-    (up to two samples of) ``x`` is not finite logits of shape ``(N, K)``, ``K >= 2``.
+    (up to two samples of) ``x`` is not finite logits of shape ``(N, K)``, ``K >= 2`` — or, for
+    ``task="dense"``, ``(N, K, H, W)`` (then ``clf.output_shape`` is set to ``(H, W)``).
     """
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -201,11 +240,23 @@ def check_model(model: Any, x: torch.Tensor | None = None) -> tuple[Classifier, 
             f"{str(probe.dtype).removeprefix('torch.')}){hint}: {first} — give inputs of the shape the model "
             "expects"
         ) from e
-    CLASSIFICATION.check_output(out, min(2, x.shape[0]))
+    m = min(2, x.shape[0])
+    if task == "dense":
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            raise ModelError(f"this method needs a dense-prediction model (a segmenter returning logits (N, K, H, W)); "
+                             f"the model is a classifier (it returns {tuple(out.shape)}): attack it with a "
+                             "classification attack (pgd, fgsm, ...)")
+        DENSE.check_output(out, m)
+        clf.output_shape = tuple(out.shape[2:])  # type: ignore[attr-defined]
+    else:
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            raise ModelError(f"the model returns per-pixel logits {tuple(out.shape)} (a segmenter): this method needs "
+                             "a classifier returning (N, K); attack a segmenter with houdini or dense-pgd")
+        CLASSIFICATION.check_output(out, m)
     if not torch.isfinite(out).all():
         raise ModelError("model returns NaN or inf logits on these inputs")
     warnings = []
-    if _looks_like_probabilities(out):
+    if out.ndim == 2 and _looks_like_probabilities(out):
         warnings.append(PROBABILITIES_WARNING)
         if not getattr(clf, "_probabilities_logged", False):
             log.warning("%s: %s", clf.name, PROBABILITIES_WARNING)
@@ -265,16 +316,21 @@ class Prepared:
     target: torch.Tensor | None
     num_classes: int
     pred: torch.Tensor
+    #: the task (georobust.core.tasks): ``classification`` (labels (N,)) or ``dense`` (label maps (N, H, W))
+    task: str = "classification"
 
     @property
     def n(self) -> int:
         return int(self.x.shape[0])
 
 
-def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False) -> Prepared:
+def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_required: bool = False,
+            task: str = "classification") -> Prepared:
     """The common preamble of a public entry point: validate model, inputs, labels and targets, once.
 
-    Returns a :class:`Prepared`. Public functions call it once and pass the prepared pieces to trusting
+    ``task="dense"``: the model must be a segmenter (logits ``(N, K, H, W)``); ``y`` and ``target`` are label maps
+    ``(N, H, W)`` (:func:`check_label_maps`; an int target is that class at every pixel). Returns a
+    :class:`Prepared`. Public functions call it once and pass the prepared pieces to trusting
     internals (``deepfool`` → ``deepfool_batch``): nothing is validated or predicted twice.
     """
     if not isinstance(model, nn.Module):
@@ -283,23 +339,30 @@ def prepare(model: Any, x: Any, y: Any = None, *, target: Any = None, labels_req
     x = check_x(x, clf.bounds)
     check_input_shape(clf, x)
     x = match_dtype(x, clf)
-    clf, k = check_model(clf, x)
+    clf, k = check_model(clf, x, task=get_task(task).name)
+    dense = get_task(task).name == "dense"
+    shape = tuple(clf.output_shape) if dense else ()
     if y is None:
         if labels_required:
             raise InputError("labels y are required for this method")
     else:
         if isinstance(y, torch.Tensor) and y.device != x.device:
             raise InputError(f"labels are on {y.device} but inputs are on {x.device}")
-        y = check_labels(y, x.shape[0], k)
+        y = check_label_maps(y, x.shape[0], shape, k) if dense else check_labels(y, x.shape[0], k)
     if target is not None:
-        if isinstance(target, int):
-            target = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
-        target = check_labels(target, x.shape[0], k, name="target")
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((x.shape[0], *shape), target, dtype=torch.long, device=x.device)
+        if dense:
+            target = check_label_maps(target, x.shape[0], shape, k, name="target", ignore_index=None)  # every pixel
+        else:
+            target = check_labels(target, x.shape[0], k, name="target")
+        if target.device != x.device:
+            raise InputError(f"target is on {target.device} but inputs are on {x.device}")
     with torch.inference_mode():
         pred = predict(clf, x)
     if y is None:
         y = pred.clone()
-    return Prepared(clf, x, y, target, k, pred)
+    return Prepared(clf, x, y, target, k, pred, task=get_task(task).name)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -78,7 +78,8 @@ def _flag_display_type(self, ctx):
 if _display_type is not None:  # a typer without this hook shows flags its own way
     TyperOption.display_type_rich = _flag_display_type
 
-DATA_NAMES = tuple(d.name for d in gdata.datasets())
+DATA_NAMES = tuple(d.name for d in gdata.datasets() if d.task != "dense") + tuple(  # label maps listed last
+    d.name for d in gdata.datasets() if d.task == "dense")
 SPLITS = tuple(gdata.SPLITS)
 MODEL_HELP = "zoo:NAME, a .safetensors/.pt file, or package.module:factory (the current folder is importable)"
 
@@ -679,6 +680,12 @@ def train(
             "test_accuracy": hist.last.get("test_accuracy"), "train_seconds": total_seconds,
             **({"train_seconds_this_run": seconds} if total_seconds != seconds else {}),
             "history": hist.epochs, "torch": torch.__version__}
+    if yt.ndim == 3:  # a segmenter: the test mIoU beside the pixel accuracy (test_accuracy)
+        from .checks import predict
+        from .evaluation.metrics import mean_iou
+
+        model.eval()
+        meta["test_miou"] = mean_iou(predict(model, xt), yt, num_classes)
     model.name = out.stem
     save_weights(model, out, arch=arch, input_shape=tuple(x.shape[1:]), num_classes=num_classes,
                  extra={"data": s.data, "test_accuracy": json.dumps(meta["test_accuracy"])})
@@ -1087,6 +1094,9 @@ def evaluate(
     from .evaluation.suite import DEFAULT_EPS, check_attacks, default_attacks
 
     nrm = check_norm(norm)
+    if preset is None and _dense_data(s):  # a segmentation data set: mIoU vs ε (georobust.evaluation.dense)
+        _evaluate_dense(s, attacks=attacks, eps=eps, norm=nrm, option=option, out=out)
+        return
     if report and out is None:
         raise OptionError("--report writes OUT/report.html: give --out")
     gdist.check_shard_size(shard_size)

@@ -39,7 +39,10 @@ def _img(t: torch.Tensor):
 
 
 def robust_accuracy_curve(ev, path) -> Path:
-    """Robust accuracy versus ε for each attack of an :class:`~georobust.evaluation.Evaluation`."""
+    """Robust accuracy versus ε for each attack of an :class:`~georobust.evaluation.Evaluation` (of a segmenter:
+    mIoU versus ε, :func:`miou_curve`)."""
+    if getattr(ev, "task", "") == "dense":
+        return miou_curve(ev, path)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, accs in ev.robust.items():
         ax.plot(ev.eps, accs, marker="o", label=name)
@@ -57,7 +60,10 @@ def robust_accuracy_curve(ev, path) -> Path:
 def adversarial_examples(result, path, *, n: int = 6, classes: Sequence[str] | None = None,
                          magnify: float | None = None) -> Path:
     """Originals, perturbations (magnified, shifted to mid-grey) and adversarial examples with labels —
-    the layout of Szegedy et al.'s Figure 5. Successful examples are shown first."""
+    the layout of Szegedy et al.'s Figure 5. Successful examples are shown first. A segmentation result (task
+    ``dense``) is drawn by :func:`segmentation_examples`."""
+    if getattr(result, "task", "") == "dense":
+        return segmentation_examples(result, path, n=n, classes=classes)
     if getattr(result, "threat", "") == "spatial":
         return spatial_examples(result, path, n=n, classes=classes)
     order = torch.argsort(result.success.to(torch.int8), descending=True, stable=True)[:n]
@@ -363,50 +369,89 @@ def universal_comparison(rates: dict[str, dict[str, float]], path, *, title: str
     return _save(fig, path)
 
 
-def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None = None,
-                      title: str | None = None) -> Path:
-    """A patch attack's result (:class:`georobust.attacks.patch.PatchResult`): the patch with its mask (left)
-    and held-out inputs before (top) and after (bottom) the patch is pasted at their random placements, with the
-    predicted labels; inputs the patch moved to success first, a success's label in red."""
-    held = result.held_out if result.held_out is not None else torch.ones_like(result.success)
-    idx = held.nonzero().squeeze(1)
-    goal = result.target if result.target is not None else None
-    already = (result.label_clean == goal) if goal is not None else (result.label_clean != result.y)
-    flipped = result.success & ~already  # shown first: the patch changed the answer; then the rest
-    order = idx[torch.argsort((~flipped[idx]).to(torch.int8), stable=True)][:n]
-    k = max(len(order), 1)
-    fig = plt.figure(figsize=(2.2 + 1.3 * k, 3.2))
-    gs = fig.add_gridspec(2, k + 2, width_ratios=[2, 0.15] + [1] * k)
-    ax = fig.add_subplot(gs[:, 0])
-    p = result.patch.detach().float().cpu()
-    s = p.shape[-1]
-    u = (torch.arange(s, dtype=torch.float32) + 0.5) * 2 / s - 1
-    yy, xx = torch.meshgrid(u, u, indexing="ij")
-    inside = (xx**2 + yy**2 <= 1) if result.mask == "circle" else torch.ones(s, s, dtype=torch.bool)
-    lo, hi = float(p.min()), float(p.max())
-    shown = (p - lo) / max(hi - lo, 1e-12)  # the patch lives in the model's bounds: shown stretched to [0, 1]
-    shown = torch.where(inside, shown, torch.ones_like(shown))
-    img, cmap = _img(shown)
-    ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
-    tgt = result.params.get("target_class")
-    ax.set_title(f"patch ({result.mask}{'' if tgt is None else ', target ' + _name(tgt, classes)})", fontsize=8)
+def _label_cmap(k: int):
+    from matplotlib.colors import ListedColormap
+
+    base = ["#202020", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+            "#bcf60c", "#fabebe", "#008080"]
+    return ListedColormap([base[i % len(base)] for i in range(max(k, 2))])
+
+
+def _label_img(ax, m: torch.Tensor, k: int, title: str) -> None:
+    m = m.detach().cpu().clone()
+    m[m < 0] = 0  # ignore-index pixels drawn as background
+    ax.imshow(m.numpy(), cmap=_label_cmap(k), vmin=-0.5, vmax=max(k, 2) - 0.5, interpolation="nearest")
+    ax.set_title(title, fontsize=7)
     ax.axis("off")
-    for j, i in enumerate(order.tolist()):
-        for row, (im, lab) in enumerate(((result.x[i], result.label_clean[i]), (result.x_adv[i], result.label_adv[i]))):
-            a = fig.add_subplot(gs[row, j + 2])
-            img, cmap = _img(im)
-            a.imshow(img, cmap=cmap, vmin=0, vmax=1)
-            a.set_title(_name(lab, classes), fontsize=7, color="red" if row == 1 and bool(result.success[i]) else "black")
-            a.axis("off")
-    s = result.summary()
-    fig.suptitle(title or (f"held-out success {s['held_out_success_rate']:.2f} (random patch "
-                           f"{s['held_out_success_random_patch']:.2f}, none {s['held_out_success_without_patch']:.2f}); "
-                           f"mean area {s['mean_patch_area']:.2f}"), fontsize=8)
+
+
+def scenes(x: torch.Tensor, masks: torch.Tensor, path, *, n: int = 6, classes: Sequence[str] | None = None,
+           title: str = "") -> Path:
+    """Scenes of a segmentation data set (top) and their label maps (bottom), one colour per class."""
+    k = len(classes) if classes else int(masks.max()) + 1
+    n = min(n, x.shape[0])
+    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.8), squeeze=False)
+    for j in range(n):
+        im, cmap = _img(x[j])
+        axes[0][j].imshow(im, cmap=cmap, vmin=0, vmax=1)
+        axes[0][j].axis("off")
+        _label_img(axes[1][j], masks[j], k, "")
+    if classes:
+        from matplotlib.patches import Patch
+
+        cm = _label_cmap(k)
+        fig.legend(handles=[Patch(color=cm(i), label=c) for i, c in enumerate(classes)], loc="lower center",
+                   ncol=len(classes), fontsize=7, frameon=False)
+    fig.suptitle(title or "scenes and label maps", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 
-def _name(c, classes: Sequence[str] | None) -> str:
-    return classes[int(c)] if classes else str(int(c))
+def segmentation_examples(result, path, *, n: int = 4, classes: Sequence[str] | None = None) -> Path:
+    """A segmentation attack (task ``dense``): per scene, the scene, its clean segmentation, the adversarial
+    scene, its segmentation and (targeted) the target map, with pixel accuracy (or target agreement) under each."""
+    k = int(result.params.get("num_classes") or int(max(result.label_clean.max(), result.label_adv.max())) + 1)
+    targeted = result.target is not None
+    cols = 5 if targeted else 4
+    n = min(n, result.x.shape[0])
+    fig, axes = plt.subplots(n, cols, figsize=(1.8 * cols, 1.9 * n), squeeze=False)
+    counted = result.y != -100
+    for i in range(n):
+        def acc(m, i=i):
+            return float(((m == result.y[i]) & counted[i]).sum() / counted[i].sum().clamp_min(1))
+        im, cmap = _img(result.x[i])
+        axes[i][0].imshow(im, cmap=cmap, vmin=0, vmax=1)
+        axes[i][0].set_title("scene", fontsize=7)
+        axes[i][0].axis("off")
+        _label_img(axes[i][1], result.label_clean[i], k, f"clean seg. (acc {acc(result.label_clean[i]):.2f})")
+        im, cmap = _img(result.x_adv[i])
+        axes[i][2].imshow(im, cmap=cmap, vmin=0, vmax=1)
+        axes[i][2].set_title(f"adversarial (‖r‖∞={float(result.linf[i]):.3g})", fontsize=7)
+        axes[i][2].axis("off")
+        if targeted:
+            t = result.target[i]
+            agree = float(((result.label_adv[i] == t) & counted[i]).sum() / counted[i].sum().clamp_min(1))
+            _label_img(axes[i][3], result.label_adv[i], k, f"adv. seg. (on target {agree:.2f})")
+            _label_img(axes[i][4], t, k, "target")
+        else:
+            _label_img(axes[i][3], result.label_adv[i], k, f"adv. seg. (acc {acc(result.label_adv[i]):.2f})")
+    fig.suptitle(f"{result.attack} (ε={result.params.get('eps', '?')}, L{result.params.get('norm', '?')})",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def miou_curve(ev, path) -> Path:
+    """mIoU versus ε for each attack of a segmentation evaluation (:class:`~georobust.evaluation.dense.DenseEvaluation`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, vals in ev.miou.items():
+        ax.plot(ev.eps, vals, marker="o", label=name)
+    ax.set_xlabel(f"ε (L{'∞' if ev.norm == 'inf' else ev.norm})")
+    ax.set_ylabel("mIoU")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{ev.model} on {ev.data} (n={ev.n}, clean mIoU {ev.clean_miou:.3f})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def spatial_caption(result, i: int) -> str:

@@ -257,6 +257,25 @@ class AttackResult(Saveable):
         robust = self.threat_model.robust(self, list(eps_list), check_norm(norm, ("0", "1", "2", "inf")))
         return robust.double().mean(0).tolist()
 
+    def dense_metrics(self) -> dict[str, float]:
+        """Segmentation results (task ``dense``): mIoU and pixel accuracy of the clean and the adversarial
+        predictions against ``y`` over all scenes (``-100`` pixels left out), and for a targeted attack the
+        fraction of counted pixels predicted as the target — recomputed from the stored label maps."""
+        from .evaluation.metrics import segmentation_metrics
+
+        k = self.params.get("num_classes")
+        if not isinstance(k, int):
+            k = int(max(self.label_clean.max(), self.label_adv.max(), self.y.max())) + 1
+        clean = segmentation_metrics(self.label_clean, self.y, k)
+        adv = segmentation_metrics(self.label_adv, self.y, k, target=self.target)
+        out = {"miou_clean": clean["miou"], "miou_adv": adv["miou"], "pixel_accuracy_clean": clean["pixel_accuracy"],
+               "pixel_accuracy_adv": adv["pixel_accuracy"]}
+        if self.target is not None:
+            out["target_agreement_clean"] = segmentation_metrics(self.label_clean, self.y, k,
+                                                                 target=self.target)["target_agreement"]
+            out["target_agreement"] = adv["target_agreement"]
+        return out
+
     def summary(self) -> dict[str, Any]:
         s = self.success
         n_ok = int(s.sum())
@@ -277,6 +296,9 @@ class AttackResult(Saveable):
             "rho_inf": mean(self.rho_inf),
             "elapsed": self.elapsed,
         }
+        if self.task == "dense":  # segmentation: pixel accuracy and mIoU, clean and adversarial
+            out.update(self.dense_metrics())
+            out["clean_accuracy"] = out["pixel_accuracy_clean"]
         if self.iterations is not None:
             out["mean_iterations"] = float(self.iterations.double().mean())
         if self.queries is not None:

@@ -43,7 +43,11 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None 
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, loss: str) -> torch.Tensor:
-    """Per-sample loss an attack *ascends*: CE away from ``y``, or towards ``target``; the C&W margin; or DLR."""
+    """Per-sample loss an attack *ascends*: CE away from ``y``, or towards ``target``; the C&W margin; or DLR.
+    ``loss`` may also be a callable ``loss(logits, y, target) -> (N,)`` (a task's own loss, e.g. Houdini on
+    dense outputs), called as it is."""
+    if callable(loss):
+        return loss(logits, y, target)
     if loss == "ce":
         if target is not None:
             return -F.cross_entropy(logits, target, reduction="none")

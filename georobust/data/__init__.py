@@ -20,7 +20,7 @@ import torch
 
 from .. import registry
 from ..errors import OptionError, unknown_name
-from . import digits, fashion_mnist, folder, synthetic
+from . import digits, fashion_mnist, folder, scenes, synthetic, video
 
 SPLITS = ("train", "test")
 
@@ -34,6 +34,8 @@ class DataInfo:
     available: bool
     description: str
     sizes: dict[str, int]
+    #: what the labels are: ``classification`` (labels (N,)) or ``dense`` (label maps (N, H, W))
+    task: str = "classification"
 
 
 def _typed(kind: type, what: str):
@@ -99,6 +101,28 @@ def _load_folder(split: str, **options):
 
 _register("folder", options={"root": _path, "size": folder.parse_size, "channels": folder.parse_channels},
           describe=_describe_folder)(_load_folder)
+
+
+def _describe_scenes(n=None, size: int = scenes.DEFAULTS["size"], **_) -> DataInfo:
+    sizes = {k: (v if n is None else int(n)) for k, v in scenes.SIZES.items()}
+    return DataInfo("scenes-seg", (1, int(size), int(size)), len(scenes.classes()), scenes.classes(),
+                    scenes.textures_available(), "segmentation scenes: Fashion-MNIST items pasted on scikit-image "
+                    "textures, label maps (generated)", sizes, task="dense")
+
+
+_register("scenes-seg", options={"n": _int, "size": _int, "seed": _int}, describe=_describe_scenes)(scenes.load)
+
+
+def _describe_vtest(n=None, step: int = 1, **_) -> DataInfo:
+    sizes = {k: len(range(lo, hi, int(step))) for k, (lo, hi) in video.SPLITS.items()}
+    sizes = {k: (v if n is None else min(v, int(n))) for k, v in sizes.items()}
+    return DataInfo("vtest", video.SHAPE, 0, [], video.available(),
+                    "OpenCV's surveillance video vtest.avi (Debian opencv-doc), RGB frames; labels are frame indices",
+                    sizes, task="detection")
+
+
+_register("vtest", options={"n": _int, "step": _int}, describe=_describe_vtest)(video.load)
+
 
 #: the options of each data set and their converters (a string value is converted)
 OPTIONS = {e.name: e.extra["options"] for e in registry.datasets.entries()}

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_input_shape, check_labels, check_positive, check_x, match_dtype
+from ..checks import check_input_shape, check_label_maps, check_labels, check_positive, check_x, match_dtype
 from ..errors import CheckpointError, OptionError, OutputError, unknown_name
 from ..evaluation.metrics import accuracy
 from ..models.classifier import Classifier, as_classifier
@@ -201,6 +201,14 @@ def robust_accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps:
     return correct / x.shape[0]
 
 
+def _check_targets(y, n: int, *, name: str = "y") -> torch.Tensor:
+    """Labels ``(N,)`` of a classifier, or label maps ``(N, H, W)`` of a segmenter (dense task; the objective's
+    cross-entropy is then per pixel, ``ignore_index`` pixels left out)."""
+    if isinstance(y, torch.Tensor) and y.ndim == 3:
+        return check_label_maps(y, n, tuple(y.shape[1:]), name=name)
+    return check_labels(y, n, name=name)
+
+
 def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | Objective = "standard", *,
         epochs: int = 10, optimizer: str = "adam", lr: float = 1e-3, schedule: str = "cosine",
         weight_decay: float = 0.0, momentum: float = 0.9, batch_size: int = 128, seed: int = 0,
@@ -236,12 +244,12 @@ def fit(model, train_data: tuple[torch.Tensor, torch.Tensor], objective: str | O
     x = check_x(x, model.bounds)
     check_input_shape(model, x)
     x = match_dtype(x, model)
-    y = check_labels(y, x.shape[0])
+    y = _check_targets(y, x.shape[0])
     if eval_data is not None:
         ex0 = check_x(eval_data[0], model.bounds, name="eval_data x")
         check_input_shape(model, ex0, name="eval_data x")
         eval_data = (match_dtype(ex0, model, name="eval_data x"),
-                     check_labels(eval_data[1], ex0.shape[0], name="eval_data y"))
+                     _check_targets(eval_data[1], ex0.shape[0], name="eval_data y"))
     check_positive(epochs, "epochs", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
     check_positive(lr, "lr")

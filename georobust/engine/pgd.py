@@ -31,11 +31,16 @@ class WorstCase:
     ``best_x`` starts at ``x``; an iterate replaces it when it is successful and the best is not, or (with
     ``early_stop=False``) when it has the same status and a higher loss; with ``early_stop=True`` a sample's
     best is frozen at its first successful iterate. ``iterations`` counts gradient evaluations per sample.
+
+    ``judge(logits, y, target) -> (success, score)``, when given, replaces the classification rule (arg-max
+    label ≠ ``y`` / = ``target``) and ranks the iterates by ``score`` instead of the loss — a dense task judges
+    per-pixel maps and ranks by the fraction of pixels that meet the goal.
     """
 
-    def __init__(self, x: torch.Tensor, *, early_stop: bool = True):
+    def __init__(self, x: torch.Tensor, *, early_stop: bool = True, judge=None):
         n, dev = x.shape[0], x.device
         self.early_stop = bool(early_stop)
+        self.judge = judge
         self.best_x = x.detach().clone()
         self.best_loss = torch.full((n,), -math.inf, device=dev)
         self.success = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -44,8 +49,11 @@ class WorstCase:
     def update(self, index: torch.Tensor, xa: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor,
                y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """Offer iterates ``xa`` of samples ``index``; return which of them are successful."""
-        lab = logits.argmax(1)
-        ok = lab == target if target is not None else lab != y
+        if self.judge is not None:
+            ok, loss = self.judge(logits, y, target)
+        else:
+            lab = logits.argmax(1)
+            ok = lab == target if target is not None else lab != y
         old_ok, old_loss = self.success[index], self.best_loss[index]
         if self.early_stop:
             better = ~old_ok & (ok | (loss > old_loss))

@@ -6,14 +6,48 @@ import torch
 
 from ..checks import predict
 from ..core.modes import eval_mode
+from ..core.tasks import Dense
+
+#: label-map pixels with this value do not count (PyTorch's ``cross_entropy`` default, :class:`Dense`'s)
+IGNORE_INDEX = Dense.ignore_index
 
 
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Clean accuracy of ``model`` on ``(x, y)``, batched, computed with every module in eval mode (each
-    module's own mode is restored afterwards, so it is safe in the middle of training)."""
+    module's own mode is restored afterwards, so it is safe in the middle of training). For a segmenter
+    (label maps ``y`` ``(N, H, W)``) it is the pixel accuracy over the pixels not marked ``IGNORE_INDEX``."""
     with eval_mode(model):
         pred = predict(model, x, batch_size)
-    return float((pred == y.to(pred.device)).double().mean())
+    y = y.to(pred.device)
+    if y.ndim == 3:
+        return pixel_accuracy(pred, y)
+    return float((pred == y).double().mean())
+
+
+def pixel_accuracy(pred: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
+    """Fraction of counted pixels (``y != ignore_index``) of label maps ``(N, H, W)`` predicted right, over the
+    whole set (every counted pixel weighs the same)."""
+    counted = y != ignore_index
+    return float(((pred == y) & counted).sum().double() / counted.sum().clamp_min(1).double())
+
+
+def mean_iou(pred: torch.Tensor, y: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
+    """Mean intersection over union of label maps over the whole set: per class ``c``,
+    ``|pred = c ∧ y = c| / |pred = c ∨ y = c|`` over the counted pixels, averaged over the classes present in
+    ``pred`` or ``y`` (the PASCAL VOC convention; Houdini, Cisse et al., NeurIPS 2017, reports it)."""
+    return Dense(ignore_index=ignore_index).miou(pred, y, num_classes)
+
+
+def segmentation_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int, *,
+                         target: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
+    """``miou`` and ``pixel_accuracy`` of predicted maps against ``y``; with ``target``, also
+    ``target_agreement``: the fraction of counted pixels (``y != ignore_index``) predicted as the target."""
+    out = {"miou": mean_iou(pred, y, num_classes, ignore_index), "pixel_accuracy": pixel_accuracy(pred, y, ignore_index)}
+    if target is not None:
+        counted = y != ignore_index
+        out["target_agreement"] = float(((pred == target) & counted).sum().double()
+                                        / counted.sum().clamp_min(1).double())
+    return out
 
 
 def perturbed_labels(model, x: torch.Tensor, v: torch.Tensor, *, pred: torch.Tensor | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import registry
-from ..checks import check_norm, prepare
+from ..checks import check_norm, model_task, prepare
 from ..errors import OptionError
 from ..results import AttackResult
 
@@ -96,6 +96,11 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: Sequence[str] 
     :func:`evaluate_sized`: ``eps`` are then budgets of their size (e.g. the grid radius).
     """
     norm = check_norm(norm)
+    if isinstance(x, torch.Tensor) and model_task(model, x) == "dense":  # a segmenter: mIoU vs ε
+        from .dense import evaluate_dense
+
+        return evaluate_dense(model, x, y, attacks=attacks, eps=eps, norm=norm, model_name=model_name,
+                              data_name=data_name, options=options, on_attack=on_attack, keep_results=keep_results)
     if threat is not None or (attacks and all(not registry.attacks.get(a).threat_model.lp for a in attacks)):
         return evaluate_sized(model, x, y, attacks=attacks, eps=eps, threat=threat or "spatial",
                               model_name=model_name, data_name=data_name, options=options, on_attack=on_attack,

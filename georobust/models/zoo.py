@@ -128,3 +128,45 @@ def build(arch: str, input_shape: Shape, num_classes: int, seed: int | None = No
             torch.manual_seed(seed)
             return builder(input_shape, num_classes)
     return builder(input_shape, num_classes)
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class UNetSmall(nn.Module):
+    """A small U-Net (Ronneberger, Fischer & Brox, MICCAI 2015): ``len(widths) − 1`` poolings (three by default,
+    so an 8×8 bottleneck on 64×64 inputs: context enough to tell items apart by silhouette), skip connections,
+    per-pixel logits ``(N, K, H, W)``. ``H, W`` must be divisible by ``2**(len(widths) − 1)``."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths=(8, 16, 32, 64)):
+        super().__init__()
+        self.enc = nn.ModuleList()
+        c = in_channels
+        for w in widths:
+            self.enc.append(_DoubleConv(c, w))
+            c = w
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                for i in reversed(range(len(widths) - 1)))
+        self.dec = nn.ModuleList(_DoubleConv(2 * widths[i], widths[i]) for i in reversed(range(len(widths) - 1)))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1])):
+            x = dec(torch.cat([up(x), skip], 1))
+        return self.head(x)
+
+
+@registry.architectures.register("unet-small")
+def unet_small(input_shape: Shape, num_classes: int) -> nn.Module:
+    """Dense prediction (segmentation): logits ``(N, K, H, W)`` for inputs ``(N, C, H, W)``, ``H, W`` divisible by 8."""
+    c, h, w = _image_shape(input_shape, "unet-small")
+    if h % 8 or w % 8:
+        raise OptionError(f"unet-small pools three times: height and width must be divisible by 8, got {h}x{w}")
+    return UNetSmall(c, num_classes)
