@@ -1627,7 +1627,11 @@ def universal(
     --limit is the number of training images X (the first N of the train split)."""
     from . import plots
     from .attacks.universal import universal_perturbation
+    from .evaluation.distributed import context_from_env
     from .evaluation.metrics import perturbed_labels
+    if context_from_env().distributed:  # N ranks would each compute, and write, the same perturbation
+        raise OptionError("universal is not sharded over processes (its passes update one perturbation in order): "
+                          "run it as one process, without torchrun")
     if resume and out is None:
         raise OptionError("--resume needs --out (the folder of the run to continue)")
     if resume and overwrite:
