@@ -20,7 +20,7 @@ import torch
 
 from .. import registry
 from ..errors import OptionError, unknown_name
-from . import digits, fashion_mnist, folder, synthetic, video
+from . import digits, fashion_mnist, folder, scenes, synthetic, video
 
 SPLITS = ("train", "test")
 
@@ -101,6 +101,17 @@ def _load_folder(split: str, **options):
 
 _register("folder", options={"root": _path, "size": folder.parse_size, "channels": folder.parse_channels},
           describe=_describe_folder)(_load_folder)
+
+
+def _describe_scenes(n=None, size: int = scenes.DEFAULTS["size"], **_) -> DataInfo:
+    sizes = {k: (v if n is None else int(n)) for k, v in scenes.SIZES.items()}
+    return DataInfo("scenes-seg", (1, int(size), int(size)), len(scenes.classes()), scenes.classes(),
+                    scenes.textures_available(), "segmentation scenes: Fashion-MNIST items pasted on scikit-image "
+                    "textures, label maps (generated)", sizes, task="dense")
+
+
+_register("scenes-seg", options={"n": _int, "size": _int, "seed": _int}, describe=_describe_scenes)(scenes.load)
+
 
 def _describe_vtest(n=None, step: int = 1, **_) -> DataInfo:
     sizes = {k: len(range(lo, hi, int(step))) for k, (lo, hi) in video.SPLITS.items()}
