@@ -524,8 +524,15 @@ def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None
     inside = (xx**2 + yy**2 <= 1) if result.mask == "circle" else torch.ones(s, s, dtype=torch.bool)
     lo, hi = float(p.min()), float(p.max())
     shown = (p - lo) / max(hi - lo, 1e-12)  # the patch lives in the model's bounds: shown stretched to [0, 1]
-    shown = torch.where(inside, shown, torch.ones_like(shown))
-    img, cmap = _img(shown)
+    if shown.shape[0] == 1:  # outside the mask in light blue, so a white patch edge stays visible
+        import numpy as np
+
+        img = np.ma.masked_array(shown[0].numpy(), mask=~inside.numpy())
+        cmap = plt.get_cmap("gray").copy()
+        cmap.set_bad("#cfe2f3")
+    else:
+        bg = torch.tensor([0.81, 0.89, 0.95])[:, None, None].expand_as(shown)
+        img, cmap = _img(torch.where(inside, shown, bg))
     ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
     tgt = result.params.get("target_class")
     ax.set_title(f"patch ({result.mask}{'' if tgt is None else ', target ' + _name(tgt, classes)})", fontsize=8)
