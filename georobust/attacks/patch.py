@@ -154,7 +154,7 @@ def placement_table(pl: Placements) -> torch.Tensor:
         summary="universal adversarial patch with EOT over location, scale, rotation (Brown et al. 2017)")
 def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=None, holdout: float = 0.5,
                       patch_size: int | None = None, mask: str = "circle", scale=(0.1, 0.4), rotation: float = 22.5,
-                      perspective: float = 0.0, steps: int = 500, batch_size: int = 16, lr: float = 0.01,
+                      perspective: float = 0.0, steps: int = 500, batch_size: int = 16, lr: float = 0.05,
                       init: str = "mid", seed: int = 0, log_every: int = 10, checkpoint: str | Path | None = None,
                       checkpoint_every: int = 100, resume: bool = False, overwrite: bool = False) -> PatchResult:
     """The adversarial patch (Brown et al., 2017): a universal patch optimised with Adam over EOT.
@@ -165,22 +165,25 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         x: the inputs the result reports on: each carries the final patch at a random placement.
         y: labels (default: the model's predictions); an untargeted patch moves predictions off them.
         target: the target class (one class for the whole patch); ``None``: untargeted.
-        x_train: the images to optimise the patch on (then all of ``x`` is held out); else a random
-            ``1 − holdout`` share of ``x``.
+        x_train: the images to optimise the patch on (then all of ``x`` is held out; Python API only); else a
+            random ``1 − holdout`` share of ``x``.
         holdout: the share of ``x`` held out when ``x_train`` is not given (``[0, 1)``).
         patch_size: the patch's resolution ``s`` in pixels (default: the image's shorter side, as ART); at most
             the image's shorter side. The placed size is set by ``scale``.
         mask: ``"circle"`` (the paper's) or ``"square"``.
         scale: the placed patch's side as a fraction of the image's shorter side, uniform in ``(min, max)``
             (one number: fixed), during training and evaluation.
-        rotation: rotations uniform in ``± rotation`` degrees. perspective: corner distortion (0: none).
-        steps: Adam steps, one batch each. batch_size: training images per step. lr: Adam's learning rate (the
-            patch lives in the model's bounds, e.g. [0, 1]).
+        rotation: rotations uniform in ``± rotation`` degrees.
+        perspective: each corner moves inwards by up to this fraction of the half-side (0: none).
+        steps: Adam steps, one batch each.
+        batch_size: training images per step.
+        lr: Adam's learning rate (the patch lives in the model's bounds, e.g. [0, 1]).
         init: ``"mid"`` (the middle of the bounds, ART's) or ``"uniform"`` (uniform noise in the bounds).
         seed: seeds the split, every step's batch and placements, and the evaluation placements.
         log_every: log the mean loss every ``log_every`` steps (debug level).
         checkpoint: save the optimisation state here every ``checkpoint_every`` steps and at the end
             (``.json`` + ``.safetensors``, verified on load); an existing one needs ``resume`` or ``overwrite``.
+        checkpoint_every: steps between checkpoints.
         resume: continue from ``checkpoint`` (same parameters and data); ``steps`` may be raised.
         overwrite: discard an existing checkpoint.
 
