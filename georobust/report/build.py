@@ -349,7 +349,8 @@ def _model_info(model: str | None) -> dict[str, Any] | None:
 def view(res: Results, label: str, explanations: dict[str, str]) -> dict[str, Any]:
     """The view of one run (one results folder, or the part of one that belongs to one model)."""
     ev_parts = res.of("evaluation")
-    main = (ev_parts or res.of("cascade") or [None])[0]  # the model-and-data table describes the main result
+    main = next((p for k in ("evaluation", "cascade", "attack", "universal", "analysis") for p in res.of(k)
+                 if p.command), None)  # the model-and-data table describes the main result
     opts = dict((main.command or {}).get("options") or {}) if main is not None else {}
     opts = opts or res.options()
     model = (res.models or [None])[0]
@@ -365,6 +366,9 @@ def view(res: Results, label: str, explanations: dict[str, str]) -> dict[str, An
     trainings = [_training(p) for p in res.of("training")]
     figs = [{"title": p.title, "file": p.file, "uri": figures.file_uri(p.data), "command": _command(p)}
             for p in res.of("figure")]
+    for part in universal + analyses:  # a command's figures go with the result it wrote
+        part["figures"] = [f for f in figs if f["command"] and f["command"] == part["command"]]
+        figs = [f for f in figs if f not in part["figures"]]
     timings = [row for part in evaluations + cascades + universal + trainings for row in part["timings"]]
     for g in attacks:
         for row in g["table"]["rows"]:

@@ -162,7 +162,7 @@ def collect(folder: str | Path) -> Results:
                                   title=f"cascade at ε={obj.eps:g}"))
             else:
                 parts.append(Part("universal", name, obj, model_of(name), command_of(name),
-                                  title=f"universal perturbation (L{obj.norm}, ξ={obj.xi:g})"))
+                                  title=f"universal perturbation ({'L∞' if obj.norm == 'inf' else 'L' + obj.norm}, ξ={obj.xi:g})"))
         elif {"arch", "history"} <= set(meta):
             weights = path.with_suffix(".safetensors")
             parts.append(Part("training", name, meta, str(weights.name) if weights.exists() else None,
