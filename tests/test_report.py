@@ -270,3 +270,31 @@ def test_write_report_file(results, tmp_path):
     assert not [q for q in tmp_path.iterdir() if q.name != "report.html"]  # written atomically, no temp file left
     with pytest.raises(gr.errors.OutputError, match="folder"):
         write_report([results], tmp_path)
+
+
+def test_universal_analysis_and_training_records(tmp_path):
+    """The other result kinds, written as their commands write them: a universal perturbation, an analysis
+    (any other Saveable: its summary), a training record; every number again from the files."""
+    from georobust.results import UniversalResult
+
+    d = tmp_path / "other"
+    d.mkdir()
+    u = UniversalResult(v=torch.full((1, 8, 8), 0.1), norm="inf", xi=0.1, delta=0.2, num_classes=10)
+    u.record_pass(fooling_train=0.25, fooling_eval=0.2, attempts=30, updates=12, seconds=1.25)
+    u.record_pass(fooling_train=0.5, fooling_eval=0.375, attempts=28, updates=9, seconds=1.5)
+    u.save(d / "universal")
+    prof = gr.geometry.curvature_profile(gr.pretrained("mlp-digits"), gr.data.load("digits", limit=2)[0], k=2)
+    prof.save(d / "curvature_profile")
+    history = [{"epoch": 1, "loss": 1.5, "test_accuracy": 0.5}, {"epoch": 2, "loss": 0.75, "test_accuracy": 0.625}]
+    (d / "m.json").write_text(json.dumps({"arch": "mlp", "data": "digits", "objective": "standard", "epochs": 2,
+                                          "command": "georobust train --arch mlp --out m.safetensors",
+                                          "test_accuracy": 0.625, "train_seconds": 3.5, "history": history}))
+    page = render(build([d]))
+    p = parse(page)
+    assert check_cells(p.cells, d) >= 18
+    paths = {c.get("data-path") for c in p.cells if c.get("data-src") == "universal.json"}
+    assert {"fields.fooling_eval.1", "fields.updates.0", "fields.pass_seconds.1"} <= paths
+    assert any(c.get("data-src") == "curvature_profile.json" and c.get("data-path", "").startswith("summary.")
+               for c in p.cells)
+    assert "georobust train --arch mlp --out m.safetensors" in page
+    assert len(p.imgs) == 1  # the training curve (the others wrote no figure)

@@ -486,7 +486,9 @@ def build(folders: list[str | Path], *, compare: bool = False) -> dict[str, Any]
     labels = []
     for i, r in enumerate(columns):
         base = r.models[0] if r.models else Path(r.folder).name
-        labels.append(f"{chr(65 + i)}: {base}" if len(columns) > 1 else base)
+        same = sum(1 for c in columns if c.models[:1] == r.models[:1]) > 1  # one model twice: say which folder
+        labels.append((f"{chr(65 + i)}: {base}" + (f" ({Path(r.folder).name})" if same else ""))
+                      if len(columns) > 1 else base)
     views = [view(r, lab, explanations) for r, lab in zip(columns, labels)]
     from .. import __version__
 
