@@ -316,7 +316,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         x_adv, cover = apply_patch(x, patch, pl, mask=mask)
         noise = (lo + (hi - lo) * torch.rand(c, s, s, generator=ge)).to(dev, dt)
         x_rand, _ = apply_patch(x, noise, pl, mask=mask)
-    size = cover.flatten(1).double().mean(1).cpu()
+    size = cover.flatten(1).double().mean(1)  # on the inputs' device, like success
     params_all = dict(params, steps=int(steps), holdout=float(holdout), log_every=int(log_every),
                       checkpoint=None if checkpoint is None else str(checkpoint),
                       checkpoint_every=int(checkpoint_every), x_train_given=x_train is not None,
@@ -325,7 +325,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
                       params=params_all, threat="patch", size=size)
     rnd = make_result("patch", clf, x, x_rand, p.y, p.pred, target=p.target, threat="patch")
     out = PatchResult(**{f: getattr(res, f) for f in res.__dataclass_fields__}, patch=patch.detach().cpu(),
-                      mask=mask, held_out=held, placement=placement_table(pl), loss_history=history,
+                      mask=mask, held_out=held.to(x.device), placement=placement_table(pl), loss_history=history,
                       random_patch_success=rnd.success)
     out.elapsed = time.perf_counter() - t0
     if not math.isfinite(out.held_out_success_rate):
