@@ -185,3 +185,17 @@ def test_bad_input():
         T.tangent(x, "rotation", torch.eye(3), method="exact")
     with pytest.raises(OptionError, match="segments"):
         T.geodesic_distance(x, "rotation", torch.zeros(2, 1), segments=0)
+
+
+def test_tangent_at_identity_is_central_difference():
+    # at the identity every source point is a pixel centre, where the bilinear interpolant has a kink: the
+    # tangent of a translation is minus the central difference of the image (interior pixels), not a one-sided one
+    x = torch.rand(2, 3, 7, 9, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    j = T.tangent(x, "translation", torch.eye(3, dtype=torch.float64))
+    dx = (x[..., 2:] - x[..., :-2]) / 2
+    dy = (x[..., 2:, :] - x[..., :-2, :]) / 2
+    assert torch.allclose(j[:, 0, ..., 1:-1], -dx, atol=1e-9)
+    assert torch.allclose(j[:, 1, ..., 1:-1, :], -dy, atol=1e-9)
+    jn = T.tangent(x, "rotation-translation", torch.eye(3, dtype=torch.float64), method="numerical", fd_step=1e-7)
+    ja = T.tangent(x, "rotation-translation", torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(ja, jn, atol=1e-6)

@@ -50,6 +50,8 @@ TRANSFORM_SETS: dict[str, int] = {
 }
 
 PADDINGS = ("zeros", "border", "reflection")
+#: offset (pixels) of the one-sided derivatives of the bilinear interpolant averaged by :func:`tangent`
+_KNOT_STEP = 1e-6
 MODES = ("bilinear", "nearest")
 
 # The basis of gl(3) used by every set, by name: each set takes the first ``d`` of its list.
@@ -243,9 +245,10 @@ def tangent(x: torch.Tensor, name: str, M: torch.Tensor, *, padding: str = "zero
     """The Jacobian ``(N, d, C, H, W)`` of ``u ↦ warp(x, expm(Σ u_i G_i) · M)`` at ``u = 0``: the tangent space
     of the transformation manifold of ``x`` at the image ``warp(x, M)``, in left-composition coordinates.
 
-    ``method="analytic"``: the chain rule ``∂I(q)/∂u_i = ∇I(q) · ∂q/∂u_i``, with ``∇I(q)`` the exact gradient of
-    the bilinear interpolant at the source point ``q`` (from grid_sample's backward pass, one per channel) and
-    ``∂q/∂u_i`` in closed form. ``method="numerical"``: central finite differences with step ``fd_step``
+    ``method="analytic"``: the chain rule ``∂I(q)/∂u_i = ∇I(q) · ∂q/∂u_i``, with ``∇I(q)`` the gradient of the
+    bilinear interpolant at the source point ``q`` (from grid_sample's backward pass, one per channel, in
+    float64; on a grid line, where the interpolant has a kink, the mean of the two one-sided derivatives, so
+    that at the identity it is the central difference of the image) and ``∂q/∂u_i`` in closed form. ``method="numerical"``: central finite differences with step ``fd_step``
     (a check of the analytic one). Bilinear interpolation is not differentiable where a source point crosses
     the pixel grid; the two agree away from such points.
     """
@@ -254,29 +257,36 @@ def tangent(x: torch.Tensor, name: str, M: torch.Tensor, *, padding: str = "zero
     d = TRANSFORM_SETS[check_set(name)]
     n, c, h, w = x.shape
     M = _check_matrix(M, n).to(torch.float64)
+    xd = x.detach().to(torch.float64)
     if method == "numerical":
         g = generators(name, dtype=torch.float64, device=x.device)
         cols = []
         for i in range(d):
             e = torch.linalg.matrix_exp(fd_step * g[i])
-            plus = _sample(x, _source_points(e @ M, h, w), padding, "bilinear")
-            minus = _sample(x, _source_points(torch.linalg.inv(e) @ M, h, w), padding, "bilinear")
+            plus = _sample(xd, _source_points(e @ M, h, w), padding, "bilinear")
+            minus = _sample(xd, _source_points(torch.linalg.inv(e) @ M, h, w), padding, "bilinear")
             cols.append((plus - minus) / (2 * fd_step))
-        return torch.stack(cols, dim=1)
+        return torch.stack(cols, dim=1).to(x.dtype)
     if method != "analytic":
         raise unknown_name("Jacobian method", str(method), ("analytic", "numerical"))
+    # The bilinear interpolant is not differentiable across the pixel grid, and at the identity every source
+    # point lies on it: each partial derivative is the mean of its two one-sided values (the central difference
+    # at a pixel centre, the exact derivative elsewhere), from grid_sample's backward at q ± h along that axis.
     q = _source_points(M, h, w)
     scale = torch.tensor([2.0 / w, 2.0 / h], dtype=q.dtype, device=q.device)
-    grid = (q * scale).to(x.dtype).detach().requires_grad_(True)
+    grads = torch.zeros(n, c, h, w, 2, dtype=torch.float64, device=x.device)
     with torch.enable_grad():
-        out = F.grid_sample(x.detach(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
-        grads = []
-        for ch in range(c):
-            (gq,) = torch.autograd.grad(out[:, ch].sum(), grid, retain_graph=ch < c - 1)
-            grads.append(gq * scale.to(gq.dtype))                         # d I / d q in pixel units
-    grad_img = torch.stack(grads, dim=1)                                   # (N, C, H, W, 2)
-    v = _vector_fields(name, M, h, w).to(x.dtype)                          # (N, d, H, W, 2)
-    return torch.einsum("nchwk,ndhwk->ndchw", grad_img, v)
+        for axis in (0, 1):
+            for sign in (1.0, -1.0):
+                shift = torch.zeros(2, dtype=q.dtype, device=q.device)
+                shift[axis] = sign * _KNOT_STEP
+                grid = ((q + shift) * scale).detach().requires_grad_(True)
+                out = F.grid_sample(xd, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+                for ch in range(c):
+                    (gq,) = torch.autograd.grad(out[:, ch].sum(), grid, retain_graph=ch < c - 1)
+                    grads[:, ch, ..., axis] += 0.5 * gq[..., axis] * scale[axis]      # d I / d q, pixel units
+    v = _vector_fields(name, M, h, w)                                      # (N, d, H, W, 2)
+    return torch.einsum("nchwk,ndhwk->ndchw", grads, v).to(x.dtype)
 
 
 def geodesic_distance(x: torch.Tensor, name: str, theta: torch.Tensor, *, padding: str = "zeros",
