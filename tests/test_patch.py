@@ -151,3 +151,9 @@ def test_evaluate_patch_scores_any_patch_by_re_running_the_model(dark):
     assert ones["mean_area"] == 0.25 and ones["success_without_patch"] == 0.0
     with pytest.raises(InputError, match="bounds"):
         evaluate_patch(m, dark, torch.full((1, 8, 8), 2.0), **kw)
+
+
+def test_holdout_zero_reports_no_held_out_rate(dark):
+    res = adversarial_patch(Bright().eval(), dark, target=1, holdout=0.0, **dict(KW, steps=2))
+    assert not res.held_out.any() and res.params["n_train"] == 60
+    assert res.held_out_success_rate != res.held_out_success_rate  # nan: nothing held out

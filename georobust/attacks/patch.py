@@ -249,8 +249,8 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         tr = (~held).nonzero().squeeze(1).to(x.device)
         xt, yt = x[tr], p.y[tr]
         if holdout == 0:
-            log.warning("patch: holdout=0 and no x_train: every input was trained on, none is held out")
-            held = torch.ones(n, dtype=torch.bool)  # report on all (documented: none is truly held out)
+            log.warning("patch: holdout=0 and no x_train: every input is trained on, none is held out (the "
+                        "held-out success rate is undefined; give x_train or holdout > 0)")
     targeted = target is not None
     tgt_t = torch.full((xt.shape[0],), int(target), dtype=torch.long, device=x.device) if targeted else yt
     params = {"patch_size": int(s), "mask": mask, "scale": list(scale), "rotation": float(rotation),
