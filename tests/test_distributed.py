@@ -204,3 +204,21 @@ def test_universal_under_torchrun_is_refused(tmp_path):
     p = subprocess.run([sys.executable, "-m", "georobust", "universal", "--limit", "5", "--out", str(tmp_path / "u")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert p.returncode == 2 and "universal is not sharded" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_standard_preset_identical_to_one_process(tmp_path):
+    from georobust.evaluation.cascade import CascadeResult
+
+    args = ["evaluate", "--model", "zoo:mlp-digits", "--limit", "40", "--preset", "standard", "--eps", "0.05",
+            "-o", "apgd-ce.steps=3", "-o", "apgd-t.steps=3", "-o", "fab-t.steps=3", "-o", "square.max_queries=50",
+            "--shard-size", "16"]
+    _run(1, *args, "--out", tmp_path / "c1")
+    _run(2, *args, "--out", tmp_path / "c2")
+    a, b = (CascadeResult.load(tmp_path / c / "cascade_result") for c in ("c1", "c2"))
+    assert a.broken_by == b.broken_by and torch.equal(a.x_adv, b.x_adv) and torch.equal(a.robust, b.robust)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a.per_attack] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b.per_attack]
+    assert a.alarms == b.alarms and a.robust_accuracy == b.robust_accuracy
+    assert sum(r["broke"] for r in a.per_attack) + sum(v == "clean" for v in a.broken_by) + int(a.robust.sum()) == 40
