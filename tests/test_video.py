@@ -94,3 +94,33 @@ def test_split_labels_are_frame_indices():
     # frames far into the stream come out in order (no seeking): 794 is the last
     last = video.frames_bgr(793, 795)
     assert last.shape == (2, 576, 768, 3) and not np.array_equal(last[0], last[1])
+
+
+def test_hog_boxes_bad_options_raise_before_reading(monkeypatch, tmp_path):
+    monkeypatch.setattr(video, "SYSTEM_DIR", tmp_path)
+    monkeypatch.delenv("GEOROBUST_DATA", raising=False)
+    with pytest.raises(InputError, match="engine"):
+        video.hog_boxes(engine="yolo")
+    with pytest.raises(InputError, match="batch"):
+        video.hog_boxes(batch=0)
+    with pytest.raises(DataError, match="opencv-doc"):
+        video.hog_boxes(0, 1)
+
+
+@needs_video
+@pytest.mark.slow
+def test_hog_boxes_port_agrees_with_opencv_and_caches(tmp_path):
+    cache = tmp_path / "boxes.json"
+    ours = video.hog_boxes(0, 2, engine="port", cache=cache)
+    ref = video.hog_boxes(0, 2, engine="opencv")
+    assert len(ours) == len(ref) == 2 and sum(len(b) for b in ref) >= 2
+    from georobust.core.tasks import box_iou
+
+    for a, b in zip(ours, ref):       # the same people, each box matched at IoU >= 0.9 both ways
+        assert len(a) == len(b)
+        if len(a):
+            iou = box_iou(a, b)
+            assert (iou.amax(1) >= 0.9).all() and (iou.amax(0) >= 0.9).all()
+    assert cache.is_file()
+    again = video.hog_boxes(0, 2, engine="port", cache=cache)   # read back, not recomputed
+    assert all(torch.equal(a, b) for a, b in zip(ours, again))

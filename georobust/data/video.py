@@ -147,5 +147,54 @@ def load(split: str, n: int | None = None, step: int = 1) -> tuple[torch.Tensor,
     return x, torch.as_tensor(list(idx), dtype=torch.int64)
 
 
-__all__ = ["frames", "frames_bgr", "to_tensor", "load", "available", "find", "path", "NUM_FRAMES", "SHAPE",
-           "SPLITS"]
+def hog_boxes(start: int = 0, stop: int = 600, step: int = 1, *, engine: str = "port", batch: int = 4,
+              cache: str | Path | None = None) -> list[torch.Tensor]:
+    """Pseudo ground truth for training a detector on the video (issue 15, item 2): the HOG people detector's
+    boxes ``(M_i, 4)`` (x1, y1, x2, y2, float32) on frames ``start, start + step, ... < stop`` (default: the
+    train split, frames 0-599).
+
+    ``engine="port"`` runs :class:`georobust.detection.HOGPeopleDetector` (torch; agrees with OpenCV, see
+    ``benchmarks/hog.py --agreement``); ``engine="opencv"`` runs ``cv2.HOGDescriptor.detectMultiScale`` with
+    its defaults (several times faster on a CPU). ``cache``: a JSON file; when it holds the boxes of the same
+    frames and engine they are read from it, otherwise they are computed and written there (atomically).
+    """
+    import json
+
+    from ..storage import atomic_write_text
+
+    if engine not in ("port", "opencv"):
+        raise InputError(f"engine must be 'port' or 'opencv', got {engine!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    idx = _check_range(start, stop, step)
+    key = {"engine": engine, "start": idx.start, "stop": idx.stop, "step": idx.step}
+    if cache is not None and Path(cache).is_file():
+        try:
+            saved = json.loads(Path(cache).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read the box cache {cache}: {e}; delete it to recompute") from e
+        if saved.get("key") == key:
+            return [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in saved["boxes"]]
+    bgr = frames_bgr(idx.start, idx.stop, idx.step)
+    out: list[torch.Tensor] = []
+    if engine == "opencv":
+        cv2 = _cv2()
+        hog = cv2.HOGDescriptor()
+        hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        for f in bgr:
+            r, _ = hog.detectMultiScale(f)
+            r = torch.as_tensor(np.asarray(r, dtype=np.float32).reshape(-1, 4))
+            out.append(torch.cat([r[:, :2], r[:, :2] + r[:, 2:]], 1))
+    else:
+        from ..detection import HOGPeopleDetector
+
+        det = HOGPeopleDetector()
+        for i in range(0, len(bgr), batch):
+            out += [b.cpu() for b, _ in det.detect(to_tensor(bgr[i:i + batch]))]
+    if cache is not None:
+        atomic_write_text(cache, json.dumps({"key": key, "boxes": [b.tolist() for b in out]}))
+    return out
+
+
+__all__ = ["frames", "frames_bgr", "to_tensor", "load", "hog_boxes", "available", "find", "path", "NUM_FRAMES",
+           "SHAPE", "SPLITS"]
