@@ -32,10 +32,10 @@ from georobust.detection import HOGPeopleDetector
 print = partial(print, flush=True)  # noqa: A001 - progress shows in logs
 
 
-def _frames(n: int, step: int, half: bool) -> tuple[np.ndarray, str]:
+def _frames(n: int, step: int, half: bool, start: int = 0) -> tuple[np.ndarray, str]:
     if video.available():
-        bgr = video.frames_bgr(0, min(video.NUM_FRAMES, n * step), step)[:n]
-        src = f"vtest.avi frames 0..{(n - 1) * step} step {step}"
+        bgr = video.frames_bgr(start, min(video.NUM_FRAMES, start + n * step), step)[:n]
+        src = f"vtest.avi frames {start}..{start + (len(bgr) - 1) * step} step {step}"
     else:
         rng = np.random.default_rng(0)
         bgr = rng.integers(0, 256, (n, video.HEIGHT, video.WIDTH, 3), dtype=np.uint8)
@@ -100,7 +100,8 @@ def agreement(bgr: np.ndarray, det: HOGPeopleDetector, hog, log_every: int = 50)
         same += int(sorted(map(tuple, ref.tolist())) == sorted(map(tuple, ours.tolist())))
         if log_every and (k + 1) % log_every == 0:
             print(f"  {k + 1}/{len(bgr)} frames, {time.perf_counter() - t0:.0f} s: recall {found / max(n_cv, 1):.4f} "
-                  f"precision {matched / max(n_port, 1):.4f} identical {same}/{k + 1}")
+                  f"({found}/{n_cv}) precision {matched / max(n_port, 1):.4f} ({matched}/{n_port}) "
+                  f"identical {same}/{k + 1}")
     return {"frames": len(bgr), "opencv_boxes": n_cv, "port_boxes": n_port,
             "recall": found / max(n_cv, 1), "precision": matched / max(n_port, 1),
             "identical_frames": same / len(bgr), "seconds": time.perf_counter() - t0}
@@ -112,6 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--agreement", action="store_true", help="recall/precision vs detectMultiScale on the video")
     ap.add_argument("--frames", type=int, default=None, help="frames (speed: 20; agreement: all)")
     ap.add_argument("--step", type=int, default=1, help="take every step-th frame")
+    ap.add_argument("--start", type=int, default=0, help="agreement: first frame (to split the video over runs)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV")
     ap.add_argument("--save", default=None, help="write the numbers to this JSON file")
     a = ap.parse_args(argv)
@@ -127,9 +129,9 @@ def main(argv=None) -> dict:
         if not video.available():
             print("agreement needs vtest.avi: apt-get install -y opencv-doc (Debian) or make video; skipped")
         else:
-            n = 2 if a.quick else (a.frames or len(range(0, video.NUM_FRAMES, a.step)))
+            n = 2 if a.quick else (a.frames or len(range(a.start, video.NUM_FRAMES, a.step)))
             step = 350 if a.quick else a.step
-            bgr, src = _frames(n, step, half=False)
+            bgr, src = _frames(n, step, half=False, start=0 if a.quick else a.start)
             print(f"agreement on {src}")
             out["agreement"] = agreement(bgr, det, hog)
             out["agreement"]["source"] = src

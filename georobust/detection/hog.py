@@ -145,6 +145,9 @@ def _poly_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(y < 0, 360.0 - a, a)
 
 
+_TINY = 1e-30   # under the square roots of sums of squares: sqrt(0 + tiny) = 1e-15 forward, gradient 0 (not NaN) at 0
+
+
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
     """Round to integers in the forward pass, identity in the backward pass (straight-through)."""
     return torch.round(t).detach() + (t - t.detach())    # exactly round(t) forward
@@ -285,7 +288,7 @@ class HOGPeopleDetector(nn.Module):
             take_r = ~take_b & take_r
             dx = torch.where(take_b, dx[:, 2:3], torch.where(take_g, dx[:, 1:2], dx[:, 0:1]))
             dy = torch.where(take_b, dy[:, 2:3], torch.where(take_g, dy[:, 1:2], dy[:, 0:1]))
-        mag = _safe_sqrt(dx * dx + dy * dy)
+        mag = torch.sqrt(dx * dx + dy * dy + _TINY)
         theta = _poly_atan2(dy, dx)                             # degrees in [0, 360)
         a = torch.remainder(theta, 180.0) * (NBINS / 180.0) - 0.5
         lo = torch.floor(a)
@@ -313,9 +316,9 @@ class HOGPeopleDetector(nn.Module):
         nby = cy.shape[-2]
         hist = cy.reshape(n, NBINS, 2, 2, nby, nbx).permute(0, 2, 3, 1, 4, 5).reshape(n, BLOCK_LEN, nby, nbx)
         # L2-Hys
-        norm = _safe_sqrt((hist * hist).sum(1, keepdim=True))
+        norm = torch.sqrt((hist * hist).sum(1, keepdim=True) + _TINY)
         hist = torch.clamp(hist / (norm + 0.1 * BLOCK_LEN), max=L2HYS)
-        norm = _safe_sqrt((hist * hist).sum(1, keepdim=True))
+        norm = torch.sqrt((hist * hist).sum(1, keepdim=True) + _TINY)
         return hist / (norm + 1e-3)
 
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
