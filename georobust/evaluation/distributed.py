@@ -30,6 +30,7 @@ No process pool of our own: torchrun starts the processes, ``torch.distributed``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -201,7 +202,14 @@ class ShardOutput:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_cpu(self) -> ShardOutput:
-        return ShardOutput({k: v.detach().cpu() for k, v in self.tensors.items()}, self.results, self.meta)
+        """Every tensor on the CPU (what is gathered and saved: a CUDA tensor unpickled on rank 0 would land on
+        the sending rank's GPU)."""
+        results = {}
+        for name, r in self.results.items():
+            moved = {f.name: getattr(r, f.name).detach().cpu() for f in dataclasses.fields(r)
+                     if isinstance(getattr(r, f.name), torch.Tensor)}
+            results[name] = dataclasses.replace(r, **moved)
+        return ShardOutput({k: v.detach().cpu() for k, v in self.tensors.items()}, results, self.meta)
 
 
 class ShardStore:
