@@ -502,6 +502,9 @@ def _start(s: Shared, *, model: bool = True, data: bool = True, check_outputs=No
     (``check_outputs()``), then the data, the model (``--model``), and whether they fit each other. A command
     that needs more data (another split) or another model asks the :class:`Run` (``run.load``,
     ``run.load_model``), with the same data options and checks."""
+    if not _SHARDED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N ranks would each do it all
+        raise OptionError("this command is not sharded over processes: under torchrun run `georobust evaluate` "
+                          "(with or without --preset); run this one as one process, without torchrun")
     dev = _setup(s)
     opts = _data_options(s) if data else {}
     if check_outputs is not None:
@@ -1042,6 +1045,10 @@ class _Silent:
         log.info("%s", msg)
 
 
+#: commands that shard their work under torchrun register here (:func:`_distributed`); :func:`_start` refuses the others
+_SHARDED: list = []
+
+
 def _distributed(s: Shared, out: Path | None):
     """This process's place in a torchrun launch (one process without one): ``--device cuda`` becomes its local
     GPU, the process group is joined (gloo on CPU, NCCL on CUDA), ranks other than 0 log to files
@@ -1049,6 +1056,7 @@ def _distributed(s: Shared, out: Path | None):
     from .evaluation import distributed as gdist
 
     ctx = gdist.context_from_env()
+    _SHARDED.append(s)
     if not ctx.distributed:
         return ctx
     dev = gdist.device_for(ctx, _device(s.device))
