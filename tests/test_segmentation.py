@@ -235,5 +235,3 @@ def test_cli_attack_and_evaluate(tmp_path):
     assert "mIoU" in p.stdout
     ev = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert ev["task"] == "dense" and len(ev["miou"]["houdini"]) == 2
-    p = run_cli("evaluate", "--model", "zoo:lenet-fmnist", "--data", "scenes-seg", "--limit", "3", check=False)
-    assert p.returncode != 0 and "Traceback" not in p.stderr
