@@ -151,7 +151,7 @@ def placement_table(pl: Placements) -> torch.Tensor:
 
 
 @attack("patch", threat="patch", chunking=None,
-        summary="universal adversarial patch with EOT over location, scale, rotation (Brown et al. 2017)")
+        summary="adversarial patch: one image-agnostic patch, Adam over EOT placements (Brown et al. 2017)")
 def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=None, holdout: float = 0.5,
                       patch_size: int | None = None, mask: str = "circle", scale=(0.1, 0.4), rotation: float = 22.5,
                       perspective: float = 0.0, steps: int = 500, batch_size: int = 16, lr: float = 0.05,
