@@ -16,7 +16,7 @@ the smallest ε of the grid at which mIoU falls to ``--miou-goal`` (untargeted) 
 the pixels are on the target (targeted). Figures: mIoU vs ε, target agreement vs ε, and scenes with their clean
 segmentation, the adversarial scene, its segmentation and the target.
 
-    python repro/houdini.py            # full: 64 scenes, 20 steps, 5 ε; writes repro/results/houdini.md + figures
+    python repro/houdini.py            # full: 24 scenes, 10 steps, 4 ε; writes repro/results/houdini.md + figures
     python repro/houdini.py --quick    # seconds: 4 scenes, 3 steps, 2 ε
 """
 
@@ -136,10 +136,10 @@ def figures(res: dict, eps_list, out: Path, x, y, norm: str) -> list[Path]:
 def main(argv: list[str] | None = None) -> dict:
     ap = parser(__doc__)
     ap.add_argument("--model", default=None, help="the segmenter (default: the shipped unet-small-scenes)")
-    ap.add_argument("-n", type=int, default=None, help="test scenes (default 64; quick 4)")
-    ap.add_argument("--steps", type=int, default=None, help="PGD steps (default 20; quick 3)")
+    ap.add_argument("-n", type=int, default=None, help="test scenes (default 24; quick 4)")
+    ap.add_argument("--steps", type=int, default=None, help="PGD steps (default 10; quick 3)")
     ap.add_argument("--eps", type=float, nargs="+", default=None,
-                    help="budgets (default L∞ 0.005 0.01 0.02 0.03 0.05; quick 0.02 0.05)")
+                    help="budgets (default L∞ 0.005 0.01 0.02 0.04; quick 0.02 0.05)")
     ap.add_argument("--norm", default="inf", choices=("inf", "2"))
     ap.add_argument("--miou-goal", type=float, default=0.2)
     ap.add_argument("--target-goal", type=float, default=0.8)
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     model = load_segmenter(a.model)
-    n = a.n or (4 if a.quick else 64)
-    steps = a.steps or (3 if a.quick else 20)
-    eps_list = sorted(a.eps or ([0.02, 0.05] if a.quick else [0.005, 0.01, 0.02, 0.03, 0.05]))
+    n = a.n or (4 if a.quick else 24)
+    steps = a.steps or (3 if a.quick else 10)
+    eps_list = sorted(a.eps or ([0.02, 0.05] if a.quick else [0.005, 0.01, 0.02, 0.04]))
     x, y = gr.data.load("scenes-seg", "test", n=n, seed=a.seed)
     k = gr.data.info("scenes-seg").num_classes
     t0 = time.perf_counter()
