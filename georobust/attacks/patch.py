@@ -218,8 +218,8 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         if resume:
             saved = _load_checkpoint(checkpoint)
         elif (jck.exists() or tck.exists()) and not overwrite:
-            raise OutputError(f"a patch checkpoint exists at {jck if jck.exists() else tck}: pass resume=True to "
-                              "continue it or overwrite=True to start over")
+            raise OutputError(f"a patch checkpoint exists at {jck if jck.exists() else tck}: pass resume=True (CLI: "
+                              "-o resume=true) to continue it or overwrite=True (CLI: -o overwrite=true) to start over")
     p = prepare(model, x, y, target=target)
     clf, x = p.clf, p.x
     if x.ndim != 4:
@@ -263,7 +263,7 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         diff = {k: (saved.params.get(k), params[k]) for k in _RESUME_KEYS if saved.params.get(k) != params[k]}
         if diff:
             raise OptionError(f"checkpoint {checkpoint} was made with other parameters or data: {diff}; use the same "
-                              "settings, or pass overwrite=True to start over")
+                              "settings, or pass overwrite=True (CLI: -o overwrite=true) to start over")
         patch = saved.patch.to(dev, dt)
         m1, m2, start = saved.exp_avg.to(dev, dt), saved.exp_avg_sq.to(dev, dt), int(saved.step)
         history = list(saved.loss_history)
