@@ -159,7 +159,7 @@ def _evaluation(part: Part, classes) -> dict[str, Any]:
                     + [num(v, src=f, path=f"robust.{a}.{j}") for j, v in enumerate(accs)]
                     + [num(d.get(med_key), "size", src=f, path=f"details.{a}.{med_key}"),
                        num(d.get("seconds"), "sec", src=f, path=f"details.{a}.seconds")])
-    rows.append([text("worst case"), text("per sample, over the attacks")]
+    rows.append([text("worst case"), text("per-sample minimum")]
                 + [num(v, src=f, path=f"worst_case.{j}") for j, v in enumerate(ev.get("worst_case", []))]
                 + [text(""), num(ev.get("seconds"), "sec", src=f, path="seconds")])
     series = []
