@@ -298,3 +298,17 @@ def test_universal_analysis_and_training_records(tmp_path):
                for c in p.cells)
     assert "georobust train --arch mlp --out m.safetensors" in page
     assert len(p.imgs) == 1  # the training curve (the others wrote no figure)
+
+
+def test_text_from_the_files_is_escaped(results, tmp_path):
+    """A result's text (a warning, a model name) is shown as text, never as markup."""
+    import shutil
+
+    d = tmp_path / "esc"
+    shutil.copytree(results, d)
+    ev = json.loads((d / "evaluation.json").read_text())
+    ev["warnings"] = ['<img src="https://example.org/x.png"> & <script>alert(1)</script>']
+    (d / "evaluation.json").write_text(json.dumps(ev))
+    page = render(build([d]))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert parse(page).scripts == 0 and all(s.startswith("data:") for s in parse(page).imgs)
