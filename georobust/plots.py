@@ -528,8 +528,7 @@ def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None
         import numpy as np
 
         img = np.ma.masked_array(shown[0].numpy(), mask=~inside.numpy())
-        cmap = plt.get_cmap("gray").copy()
-        cmap.set_bad("#cfe2f3")
+        cmap = plt.get_cmap("gray").with_extremes(bad="#cfe2f3")
     else:
         bg = torch.tensor([0.81, 0.89, 0.95])[:, None, None].expand_as(shown)
         img, cmap = _img(torch.where(inside, shown, bg))
