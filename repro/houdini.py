@@ -13,7 +13,8 @@ the most pixels:
 
 The paper's claim is that Houdini reaches the task goal with smaller perturbations; the table gives, per method,
 the smallest ε of the grid at which mIoU falls to ``--miou-goal`` (untargeted) and at which ``--target-goal`` of
-the pixels are on the target (targeted). Figures: mIoU vs ε, target agreement vs ε, and scenes with their clean
+the pixels that had to change (target ≠ clean segmentation; most background pixels are on the target before any
+attack) are on the target (targeted). Figures: mIoU vs ε, target agreement vs ε, and scenes with their clean
 segmentation, the adversarial scene, its segmentation and the target.
 
     python repro/houdini.py            # full: 24 scenes, 10 steps, 4 ε; writes repro/results/houdini.md + figures
@@ -63,6 +64,10 @@ def run(model, x, y, eps_list, steps, norm, k) -> dict:
                 r = fn(model, x, y, eps=eps, norm=norm, steps=steps,
                        **opts, **({"target": "roll"} if kind == "targeted" else {}))
                 m = segmentation_metrics(r.label_adv, y, k, target=r.target)
+                if r.target is not None:  # the pixels the attack had to move: the target differs from the clean map
+                    must = (r.target != clean_pred) & (y != -100)
+                    m["target_agreement_moved"] = float(((r.label_adv == r.target) & must).sum()
+                                                        / must.sum().clamp_min(1))
                 vals.append(m)
                 out["examples"][(kind, label, eps)] = r
             out[kind][label] = vals
@@ -89,11 +94,14 @@ def table(res: dict, eps_list, miou_goal: float, target_goal: float, norm: str) 
         se = smallest_eps(vals, eps_list, "miou", miou_goal, True)
         lines.append(f"| {label} | " + " | ".join(f"{v['miou']:.3f} / {v['pixel_accuracy']:.3f}" for v in vals)
                      + f" | {'—' if se is None else f'{se:g}'} | {res['seconds'][('untargeted', label)]:.0f} |")
-    lines += ["", f"| targeted: pixels on the target at {e} | " + " | ".join(f"{v:g}" for v in eps_list)
-              + f" | smallest ε with ≥ {target_goal:g} on target | seconds |", "|---|" + "---|" * (len(eps_list) + 2)]
+    lines += ["", f"| targeted: pixels on the target, all / of those that had to change, at {e} | "
+              + " | ".join(f"{v:g}" for v in eps_list)
+              + f" | smallest ε with ≥ {target_goal:g} of those that had to change | seconds |",
+              "|---|" + "---|" * (len(eps_list) + 2)]
     for label, vals in res["targeted"].items():
-        se = smallest_eps(vals, eps_list, "target_agreement", target_goal, False)
-        lines.append(f"| {label} | " + " | ".join(f"{v['target_agreement']:.3f}" for v in vals)
+        se = smallest_eps(vals, eps_list, "target_agreement_moved", target_goal, False)
+        lines.append(f"| {label} | " + " | ".join(f"{v['target_agreement']:.3f} / {v['target_agreement_moved']:.3f}"
+                                                  for v in vals)
                      + f" | {'—' if se is None else f'{se:g}'} | {res['seconds'][('targeted', label)]:.0f} |")
     return "\n".join(lines)
 
@@ -109,10 +117,11 @@ def figures(res: dict, eps_list, out: Path, x, y, norm: str) -> list[Path]:
     for label, vals in res["untargeted"].items():
         axes[0].plot(eps_list, [v["miou"] for v in vals], marker="o", label=label)
     for label, vals in res["targeted"].items():
-        axes[1].plot(eps_list, [v["target_agreement"] for v in vals], marker="o", label=label)
+        axes[1].plot(eps_list, [v["target_agreement_moved"] for v in vals], marker="o", label=label)
     xl = f"ε (L{'∞' if norm == 'inf' else norm})"
     axes[0].set(xlabel=xl, ylabel="mIoU", title="untargeted: mIoU after the attack", ylim=(0, 1))
-    axes[1].set(xlabel=xl, ylabel="fraction of pixels on the target", title="targeted (another scene's segmentation)",
+    axes[1].set(xlabel=xl, ylabel="on target, of the pixels that had to change",
+                title="targeted (another scene's segmentation)",
                 ylim=(0, 1))
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -142,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="budgets (default L∞ 0.005 0.01 0.02 0.04; quick 0.02 0.05)")
     ap.add_argument("--norm", default="inf", choices=("inf", "2"))
     ap.add_argument("--miou-goal", type=float, default=0.2)
-    ap.add_argument("--target-goal", type=float, default=0.8)
+    ap.add_argument("--target-goal", type=float, default=0.5,
+                    help="fraction of the pixels that had to change (target ≠ clean segmentation) now on the target")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
