@@ -16,7 +16,8 @@ current transformation ``M_i`` and image ``x_i = warp(x, M_i)``:
    (the Riemannian gradient in the Lie-algebra coordinates);
 3. the step to the linearised boundary along it, ``δ = −(1+η)·g/‖J ũ‖² · ũ`` (DeepFool's step on the manifold,
    overshoot ``η``),
-   with momentum ``v_i = β·v_{i−1} + δ``;
+   with momentum ``v_i = β·v_{i−1} + δ``, shortened if needed so that ``‖J v_i‖ <= max_step·‖x‖`` (a trust
+   region: where the projected gradient nearly vanishes the linearised step would jump across the group);
 4. a backtracking line search on ``λ ∈ {step, step/2, step/4, step/8}``: the largest that fools or decreases
    ``g``;
 5. composition: ``M_{i+1} = exp(Σ λ v_j G_j) · M_i``.
@@ -80,7 +81,7 @@ def _lie(name: str, u: torch.Tensor) -> torch.Tensor:
 
 def manifool_batch(clf, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: torch.Tensor, *,
                    transform: str = "rotation-translation", step: float = 1.0, momentum: float = 0.5,
-                   overshoot: float = 0.02, max_iter: int = 100, padding: str = "zeros", jacobian: str = "analytic",
+                   overshoot: float = 0.02, max_step: float = 0.2, max_iter: int = 100, padding: str = "zeros", jacobian: str = "analytic",
                    backoff_steps: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The binary ManiFool loop, batched, without validation (callers validate; see :func:`manifool`).
 
@@ -120,6 +121,12 @@ def manifool_batch(clf, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: to
         slope = (ut[:, :, None] * Jg).sum((1, 2)).clamp_min(1e-30)                     # ‖J ũ‖² = ũᵀ J ∇g
         delta = -((1 + overshoot) * g / slope)[:, None] * ut
         va = momentum * v[idx] + delta
+        # trust region: one step moves the image by at most max_step·‖x‖ to first order, ‖J v‖ <= max_step·‖x‖
+        # (where the projected gradient nearly vanishes, e.g. a rotation of a blob at the identity, the
+        # linearised step is huge and would jump around the group instead of walking along it)
+        jv = torch.einsum("nd,ndp->np", va, J).norm(dim=1)
+        cap = max_step * xa.flatten(1).to(torch.float64).norm(dim=1)
+        va = va * torch.clamp(cap / jv.clamp_min(1e-30), max=1.0)[:, None]
         # backtracking line search: the largest λ that fools or decreases the margin
         chosen = torch.full((idx.numel(),), LINE_SEARCH[-1] * step, dtype=torch.float64, device=dev)
         decided = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
@@ -159,7 +166,8 @@ def manifool_batch(clf, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: to
 @attack("manifool", threat="spatial", chunking="position",
         summary="ManiFool: minimal geometric transformation (geodesic distance), Kanbak et al. 2018")
 def manifool(model, x, y=None, *, transform: str = "rotation-translation", candidates: int = 3,
-             step: float = 1.0, momentum: float = 0.5, overshoot: float = 0.02, max_iter: int = 100,
+             step: float = 1.0, momentum: float = 0.5, overshoot: float = 0.02, max_step: float = 0.2,
+             max_iter: int = 100,
              padding: str = "zeros",
              jacobian: str = "analytic", backoff_steps: int = 10, segments: int = 100,
              batch_size: int = 256) -> Run:
@@ -175,6 +183,8 @@ def manifool(model, x, y=None, *, transform: str = "rotation-translation", candi
         momentum: momentum ``β`` of the steps in the Lie algebra (0 = none).
         overshoot: each linearised step aims ``1 + overshoot`` times as far (DeepFool's ``η``), so that a
             step crosses the boundary instead of converging to it; the back-off removes the excess.
+        max_step: the largest step, as a first-order geodesic length relative to ``‖x‖`` (``‖J v‖ / ‖x‖``): a
+            trust region, so that the walk follows the manifold and the final back-off is precise.
         max_iter: steps per target class before giving up.
         padding: what the transformed image reads outside the frame: ``zeros`` (black), ``border``,
             ``reflection``.
@@ -192,6 +202,7 @@ def manifool(model, x, y=None, *, transform: str = "rotation-translation", candi
     if momentum >= 1:
         raise OptionError(f"momentum must be in [0, 1), got {momentum!r}")
     check_positive(overshoot, "overshoot", allow_zero=True)
+    check_positive(max_step, "max_step")
     check_iterations(max_iter, "max_iter")
     if padding not in T.PADDINGS:
         raise unknown_name("padding", str(padding), T.PADDINGS)
@@ -223,7 +234,7 @@ def manifool(model, x, y=None, *, transform: str = "rotation-translation", candi
         sl = slice(s, s + batch_size)
         Ms[sl], fooled[sl], iters[sl] = manifool_batch(
             clf, rows_x[sl], rows_y[sl], rows_k[sl], rows_t[sl], transform=transform, step=step,
-            momentum=momentum, overshoot=overshoot, max_iter=max_iter, padding=padding, jacobian=jacobian, backoff_steps=backoff_steps)
+            momentum=momentum, overshoot=overshoot, max_step=max_step, max_iter=max_iter, padding=padding, jacobian=jacobian, backoff_steps=backoff_steps)
     theta = torch.zeros(R, T.TRANSFORM_SETS[transform], dtype=torch.float64, device=dev)
     dist = torch.full((R,), math.inf, dtype=torch.float64, device=dev)
     dist[fooled & (iters == 0)] = 0.0                      # misclassified clean input: the identity
