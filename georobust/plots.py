@@ -369,6 +369,10 @@ def universal_comparison(rates: dict[str, dict[str, float]], path, *, title: str
     return _save(fig, path)
 
 
+_LABEL_COLOURS = ("dark grey", "red", "green", "yellow", "blue", "orange", "purple", "cyan", "magenta", "lime",
+                  "pink", "teal")
+
+
 def _label_cmap(k: int):
     from matplotlib.colors import ListedColormap
 
@@ -396,14 +400,10 @@ def scenes(x: torch.Tensor, masks: torch.Tensor, path, *, n: int = 6, classes: S
         axes[0][j].imshow(im, cmap=cmap, vmin=0, vmax=1)
         axes[0][j].axis("off")
         _label_img(axes[1][j], masks[j], k, "")
-    if classes:
-        from matplotlib.patches import Patch
-
-        cm = _label_cmap(k)
-        fig.legend(handles=[Patch(color=cm(i), label=c) for i, c in enumerate(classes)], loc="lower center",
-                   ncol=len(classes), fontsize=7, frameon=False)
-    fig.suptitle(title or "scenes and label maps", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    key = ""
+    if classes:  # the colours named in the title: a legend would not survive the tight layout of _save
+        key = "\n" + ", ".join(f"{c}: {_LABEL_COLOURS[i % len(_LABEL_COLOURS)]}" for i, c in enumerate(classes))
+    fig.suptitle((title or "scenes and label maps") + key, fontsize=9)
     return _save(fig, path)
 
 
