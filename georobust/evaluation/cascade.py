@@ -241,8 +241,8 @@ def cascade_alarms(model, res: CascadeResult, *, margin: float = MARGIN) -> list
         value = count / n
         fired = count > margin * n
         msg = (f"{count} of {n} samples ({value:.1%}) were broken by {', '.join(black)} (no gradients) after the "
-               "gradient attacks failed on them: the gradients are likely masked; trust the worst case, not the "
-               "gradient attacks alone" if fired else
+               "gradient attacks failed on them: the gradients are masked, or the gradient attacks too weak (too few "
+               "iterations or restarts); trust the worst case, not the gradient attacks alone" if fired else
                f"the gradient-free attacks broke {count} of {n} samples the gradient attacks left")
         alarm = Alarm("blackbox_beats_whitebox", fired, msg, value, margin)
         found = [a for a in found if a.name != alarm.name] + [alarm]
