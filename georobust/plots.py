@@ -456,15 +456,18 @@ def miou_curve(ev, path) -> Path:
 
 def spatial_caption(result, i: int) -> str:
     """What a spatial attack did to sample ``i``, from its result: the size (``AttackResult.size``), the transform
-    (``params["transform"][i]`` named by ``params["transform_names"]``) and the largest pixel displacement
+    (``params["transform"][i]`` named by ``params["transform_names"]``, or ManiFool's ``params["theta"][i]`` named
+    by ``params["parameter_names"]``) and the largest pixel displacement
     (``params["max_displacement"][i]``) where the result carries them."""
     p = result.params or {}
     parts = []
     if result.size is not None:
         parts.append(f"size {float(result.size[i]):.3g}")
-    tr = p.get("transform")
+    tr, names = p.get("transform"), p.get("transform_names")
+    if not isinstance(tr, list):   # ManiFool: "transform" is the set's name, the per-sample parameters are "theta"
+        tr, names = p.get("theta"), p.get("parameter_names")
     if isinstance(tr, list) and i < len(tr) and isinstance(tr[i], (list, tuple)):
-        names = p.get("transform_names") or [f"θ{j}" for j in range(len(tr[i]))]
+        names = names or [f"θ{j}" for j in range(len(tr[i]))]
         parts.append(", ".join(f"{n}={float(v):.3g}" for n, v in zip(names, tr[i])))
     md = p.get("max_displacement")
     if isinstance(md, list) and i < len(md) and md[i] is not None:

@@ -20,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "georobust"
 METHOD_PACKAGES = ("attacks", "geometry", "defenses")
-FOUNDATION = ("errors", "storage", "core", "engine", "registry", "checks", "results", "models", "data", "evaluation.metrics",
+FOUNDATION = ("errors", "storage", "core", "engine", "registry", "checks", "results", "models", "data", "detection",
+              "evaluation.metrics",
               "plots")
 
 

@@ -163,7 +163,7 @@ def manifool_batch(clf, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor, t: to
     return M, fooled, iters
 
 
-@attack("manifool", threat="spatial", chunking="position",
+@attack("manifool", threat="spatial", chunking="position", size_unit="geodesic distance", size_options=("transform",),
         summary="ManiFool: minimal geometric transformation (geodesic distance), Kanbak et al. 2018")
 def manifool(model, x, y=None, *, transform: str = "rotation-translation", candidates: int = 3,
              step: float = 1.0, momentum: float = 0.5, overshoot: float = 0.02, max_step: float = 0.2,
