@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 import torch
-from conftest import fmnist_available, load_script, needs_fmnist, on_boundary
+from conftest import ROUNDOFF, fmnist_available, load_script, needs_fmnist, on_boundary
 from torch import nn
 
 from georobust import Classifier, build, data, load_model, pretrained, save_weights
 from georobust.errors import ModelError, OptionError, WeightsError
 from georobust.evaluation import accuracy
+from georobust.evaluation.metrics import mean_iou, pixel_accuracy
 from georobust.models import io as mio
 from georobust.models import manifest
 
@@ -140,7 +141,7 @@ def test_fmnist_models_accuracy_recomputed(name, floor):
     assert abs(acc - rec) <= _recorded_accuracy_tolerance(clf, x), (acc, rec)
 
 
-@pytest.mark.parametrize("name", sorted(manifest()))
+@pytest.mark.parametrize("name", sorted(n for n, e in manifest().items() if e.get("task", "classification") != "dense"))
 def test_shipped_robust_accuracy_recomputed(name):
     """The manifest's PGD robust accuracy is what the recorded attack gives today (same seed, same images).
 
@@ -172,3 +173,26 @@ def test_shipped_cascade_accuracy_recomputed(name):
     assert abs(got["value"] - rec["value"]) <= 2 / got["n"] + 1e-9, (got, rec)
     assert got["eps"] == rec["eps"] and got["n"] == rec["n"]
     assert abs(sum(got["broke"].values()) - sum(rec["broke"].values())) <= 2   # samples broken, same tolerance
+
+
+@needs_fmnist   # the scenes are made of Fashion-MNIST items (digits without it: other scenes)
+def test_shipped_segmenter_metrics_recomputed():
+    """The manifest's test pixel accuracy and mIoU of the shipped segmenter are what it gives today on the
+    whole test split. Tolerance: the 4-decimal rounding, plus the pixels whose top-two logits are within
+    round-off (either label on another CPU): each moves the pixel accuracy by 1/P and one class's IoU by at most
+    2/|union of that class|, so the mIoU by at most 2/(K · smallest union)."""
+    e = manifest()["unet-small-scenes"]
+    clf = pretrained("unet-small-scenes")
+    x, y = data.load(e["data"], "test")
+    with torch.no_grad():
+        out = torch.cat([clf(x[i:i + 100]) for i in range(0, x.shape[0], 100)])
+    top2 = out.topk(2, dim=1).values
+    unsure = int(((top2[:, 0] - top2[:, 1]).abs() <= ROUNDOFF * top2.abs().amax(1).clamp_min(1)).sum())
+    pred = out.argmax(1)
+    k = out.shape[1]
+    assert e["n_test"] == x.shape[0] and e["task"] == "dense"
+    assert abs(pixel_accuracy(pred, y) - e["test_pixel_accuracy"]) <= 5e-5 + 1e-9 + unsure / y.numel()
+    unions = [int(((pred == c) | (y == c)).sum()) for c in range(k)]
+    slack = 2 * unsure / (k * max(1, min(u for u in unions if u)))
+    assert abs(mean_iou(pred, y, k) - e["test_miou"]) <= 5e-5 + 1e-9 + slack
+    assert e["test_miou"] > 0.6 and e["test_pixel_accuracy"] > 0.9

@@ -2,7 +2,7 @@
 
 Each ``NAME.safetensors`` has a ``NAME.json`` beside it written by ``georobust train``; the manifest
 records the file, its sha256, the architecture, data set, seed, the exact training command and the
-measured test accuracy (recomputed here on the full test split, not copied from the training log) and a
+measured test accuracy (for a segmenter: pixel accuracy, mIoU and per-class IoU, and no robust accuracy) (recomputed here on the full test split, not copied from the training log) and a
 robust accuracy: PGD L∞ (``ROBUST``: eps, 20 steps, 2 restarts, seed 0) on the first ``ROBUST["n"]`` test
 images — the number ``tests/test_models.py`` recomputes — and the robust accuracy under the standard cascade
 (``CASCADE``: APGD-CE → APGD-T → FAB-T → Square, per-sample worst case, same eps and images).
@@ -21,8 +21,10 @@ import torch
 
 from georobust import data
 from georobust.attacks.pgd import pgd
+from georobust.checks import predict
 from georobust.evaluation import accuracy
 from georobust.evaluation.cascade import cascade
+from georobust.evaluation.metrics import IGNORE_INDEX, mean_iou, pixel_accuracy
 from georobust.models.io import MANIFEST, WEIGHTS_DIR, load_weights, sha256
 from georobust.storage import atomic_write_text
 
@@ -54,6 +56,22 @@ def cascade_accuracy(clf, data_name: str) -> dict:
             "broke": {a["attack"]: a["broke"] for a in c.per_attack}}
 
 
+def dense_metrics(clf, x, y, classes: list[str]) -> dict:
+    """A segmenter's test pixel accuracy (also recorded as ``test_accuracy``, the column ``zoo list`` shows), mIoU
+    and per-class IoU over the whole test split (``evaluation.metrics``; ignore-index pixels not counted)."""
+    pred = predict(clf, x)
+    counted = y != IGNORE_INDEX
+    per = {}
+    for c, name in enumerate(classes):
+        p, t = (pred == c) & counted, (y == c) & counted
+        union = int((p | t).sum())
+        if union:
+            per[name] = round(int((p & t).sum()) / union, 3)
+    acc = round(pixel_accuracy(pred, y), 4)
+    return {"test_accuracy": acc, "test_pixel_accuracy": acc, "test_miou": round(mean_iou(pred, y, len(classes)), 4),
+            "test_iou_per_class": per, "n_test": int(x.shape[0])}
+
+
 def main(names: list[str]) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))   # 2 cores; OMP_NUM_THREADS overrides
     man = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
@@ -71,14 +89,18 @@ def main(names: list[str]) -> None:
         meta = json.loads(f.with_suffix(".json").read_text())
         clf = load_weights(f)
         x, y = data.load(meta["data"], "test")
-        acc = accuracy(clf, x, y)
-        man[f.stem] = {"file": f.name, "sha256": sha256(f), "arch": meta["arch"], "data": meta["data"],
-                       "seed": meta["seed"], "epochs": meta["epochs"], "objective": meta["objective"],
-                       "command": meta["command"], "test_accuracy": round(acc, 4),
-                       "robust_accuracy": robust_accuracy(clf, meta["data"]),
-                       "cascade_robust_accuracy": cascade_accuracy(clf, meta["data"]),
-                       **({"init": meta["init"]} if "init" in meta else {})}
-        print(f"{f.stem}: test accuracy {acc:.4f}, robust accuracy {man[f.stem]['robust_accuracy']}")
+        entry = {"file": f.name, "sha256": sha256(f), "arch": meta["arch"], "data": meta["data"],
+                 "seed": meta["seed"], "epochs": meta["epochs"], "objective": meta["objective"],
+                 "command": meta["command"], **({"init": meta["init"]} if "init" in meta else {})}
+        if data.info(meta["data"]).task == "dense":
+            entry.update(task="dense", **dense_metrics(clf, x, y, data.info(meta["data"]).classes))
+        else:
+            entry.update(test_accuracy=round(accuracy(clf, x, y), 4),
+                         robust_accuracy=robust_accuracy(clf, meta["data"]),
+                         cascade_robust_accuracy=cascade_accuracy(clf, meta["data"]))
+        # what this script does not measure (e.g. a repro's invariance score) stays as it was
+        man[f.stem] = {**man.get(f.stem, {}), **entry}
+        print(f"{f.stem}: {json.dumps({k: v for k, v in entry.items() if k.startswith(('test', 'robust'))})}")
     atomic_write_text(MANIFEST, json.dumps(dict(sorted(man.items())), indent=2) + "\n")
 
 
