@@ -302,6 +302,20 @@ def check_iterations(value: Any, name: str) -> int:
     return value
 
 
+def check_images(x: Any, what: str, does: str, *, alternative: str | None = None, min_size: int = 1) -> None:
+    """Refuse, before any work, inputs that are not a batch of images ``(N, C, H, W)`` (at least ``min_size``
+    pixels a side) for a method that needs image geometry (``what`` ``does``: e.g. "ManiFool" "transforms
+    images"). Non-tensors are left to :func:`check_x`."""
+    if not isinstance(x, torch.Tensor):
+        return
+    if x.ndim != 4:
+        raise InputError(f"{what} {does}: it needs images (N, C, H, W), got shape {tuple(x.shape)}; a flat (N, D) "
+                         "input has no geometry: reshape it (x.reshape(N, C, H, W)) and give the model a Classifier "
+                         "that accepts images" + (f", or use {alternative}" if alternative else ""))
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise InputError(f"{what} needs images of at least {min_size}×{min_size} pixels, got {tuple(x.shape[2:])}")
+
+
 @dataclass
 class Prepared:
     """What :func:`prepare` hands an attack or a geometry tool: the validated classifier and inputs.

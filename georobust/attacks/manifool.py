@@ -48,7 +48,7 @@ import math
 
 import torch
 
-from ..checks import check_iterations, check_positive, prepare
+from ..checks import check_images, check_iterations, check_positive, prepare
 from ..core import transforms as T
 from ..engine.protocol import Run, attack
 from ..errors import InputError, OptionError, unknown_name
@@ -57,13 +57,6 @@ log = logging.getLogger(__name__)
 
 JACOBIANS = ("analytic", "numerical")
 LINE_SEARCH = (1.0, 0.5, 0.25, 0.125)
-
-
-def _check_image_input(x) -> None:
-    if isinstance(x, torch.Tensor) and x.ndim != 4:
-        raise InputError(f"ManiFool transforms images: x must have shape (N, C, H, W), got {tuple(x.shape)}; a "
-                         f"flat (N, D) input has no geometry (reshape it, e.g. x.view(-1, 1, 28, 28), and give "
-                         f"the model a Classifier that accepts images)")
 
 
 def _margin(logits: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -194,7 +187,7 @@ def manifool(model, x, y=None, *, transform: str = "rotation-translation", candi
         segments: pieces of the polyline that measures the geodesic distance.
         batch_size: rows (samples × candidates) per batch.
     """
-    _check_image_input(x)
+    check_images(x, "ManiFool", "transforms images")
     T.check_set(transform)
     check_positive(candidates, "candidates", integer=True)
     check_positive(step, "step")
@@ -212,8 +205,6 @@ def manifool(model, x, y=None, *, transform: str = "rotation-translation", candi
     check_positive(segments, "segments", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
     p = prepare(model, x, y)
-    if p.x.ndim != 4:
-        raise InputError(f"ManiFool transforms images: inputs must have shape (N, C, H, W), got {tuple(p.x.shape)}")
     if p.num_classes < 2:
         raise OptionError("ManiFool needs a classifier with at least 2 classes")
     clf, xs, n, dev = p.clf, p.x, p.n, p.x.device

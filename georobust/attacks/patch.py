@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_positive, predict, prepare
+from ..checks import check_images, check_positive, predict, prepare
 from ..core.placement import Placements, apply_patch, check_mask, check_scale, sample_placements
 from ..engine.protocol import attack
 from ..errors import CheckpointError, InputError, OptionError, OutputError, ResultFileError
@@ -220,10 +220,9 @@ def adversarial_patch(model, x, y=None, *, target: int | None = None, x_train=No
         elif (jck.exists() or tck.exists()) and not overwrite:
             raise OutputError(f"a patch checkpoint exists at {jck if jck.exists() else tck}: pass resume=True (CLI: "
                               "-o resume=true) to continue it or overwrite=True (CLI: -o overwrite=true) to start over")
+    check_images(x, "An adversarial patch", "is pasted onto images")
     p = prepare(model, x, y, target=target)
     clf, x = p.clf, p.x
-    if x.ndim != 4:
-        raise InputError(f"a patch needs images (N, C, H, W), got inputs of shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     s = min(h, w) if patch_size is None else patch_size
     if isinstance(s, bool) or not isinstance(s, int) or s < 1:
@@ -347,9 +346,8 @@ def evaluate_patch(model, x, patch, y=None, *, target: int | None = None, mask: 
     check_positive(draws, "draws", integer=True)
     check_positive(seed, "seed", integer=True, allow_zero=True)
     sample_placements(0, (1, 1), scale=scale, rotation=rotation, perspective=perspective)
+    check_images(x, "An adversarial patch", "is pasted onto images")
     p = prepare(model, x, y, target=target)
-    if p.x.ndim != 4:
-        raise InputError(f"a patch needs images (N, C, H, W), got inputs of shape {tuple(p.x.shape)}")
     if not isinstance(patch, torch.Tensor):
         raise InputError(f"patch must be a tensor (C, s, s), got {type(patch).__name__}")
     patch = patch.to(p.x.device, p.x.dtype)

@@ -37,24 +37,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_iterations, check_positive, prepare
+from ..checks import check_images, check_iterations, check_positive, prepare
 from ..core import ops
 from ..core.transforms import PADDINGS, matrix, warp
 from ..engine.protocol import Run, attack
-from ..errors import InputError, OptionError, unknown_name
+from ..errors import OptionError, unknown_name
 
 log = logging.getLogger(__name__)
 
 #: the parameters of a transform, in the order of ``params["transform"]`` (pixels, pixels, degrees)
 TRANSFORM_NAMES = ("tx", "ty", "angle°")
-
-
-def check_image(x, what: str) -> None:
-    """Refuse inputs that are not a batch of images ``(N, C, H, W)`` (before any work)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"{what} rotates and translates images and needs (N, C, H, W) inputs, got {shape}; "
-                         "reshape flat inputs with x.reshape(N, C, H, W)")
 
 
 def _check_box(max_translation, max_rotation) -> None:
@@ -197,7 +189,7 @@ def _check_common(x, what, padding, forward_batch, batch_size):
         raise unknown_name("padding", str(padding), PADDINGS)
     check_positive(forward_batch, "forward_batch", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
-    check_image(x, what)
+    check_images(x, what, "rotates and translates images")
 
 
 @attack("spatial-grid", threat="spatial", chunking="position", size_unit="grid radius",

@@ -38,12 +38,12 @@ import math
 
 import torch
 
-from ..checks import check_iterations, check_norm, check_positive, prepare
+from ..checks import check_images, check_iterations, check_norm, check_positive, prepare
 from ..core import ops
 from ..core.losses import attack_loss
 from ..engine.oracle import ScoreOracle
 from ..engine.protocol import Run, attack
-from ..errors import InputError, OptionError
+from ..errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,8 @@ def square(model, x, y=None, *, eps: float, norm="inf", max_queries: int = 5000,
     if loss not in SQUARE_LOSSES:
         raise OptionError(f"unknown loss {loss!r} for the Square attack; choose one of {', '.join(SQUARE_LOSSES)}")
     check_positive(batch_size, "batch_size", integer=True)
+    check_images(x, "The Square attack", "draws square windows of images", alternative="spsa")
     p = prepare(model, x, y)
-    if p.x.ndim != 4:
-        raise InputError(f"the Square attack draws square windows of images: x must be (N, C, H, W), got shape "
-                         f"{tuple(p.x.shape)}; reshape flat inputs to images or use spsa")
     eps = float(eps)
     oracle = ScoreOracle.from_model(p.clf, p.n, budget=max_queries, batch_size=batch_size, device=p.x.device)
     x_adv = p.x.clone()

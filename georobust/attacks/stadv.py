@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_iterations, check_positive, prepare
+from ..checks import check_images, check_iterations, check_positive, prepare
 from ..engine.protocol import Run, attack
-from ..errors import InputError, OptionError
+from ..errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,6 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("lbfgs", "adam")
 #: the paddings of the flow warp: the model's lower bound beyond the border ("zeros": black), or the border pixel
 PADDINGS = ("zeros", "border")
-
-
-def check_image(x: torch.Tensor, what: str = "stAdv") -> None:
-    """Refuse inputs that are not a batch of images ``(N, C, H, W)`` with ``H, W >= 2``."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"{what} moves pixels and needs images (N, C, H, W), got {shape}; reshape flat inputs "
-                         "with x.reshape(N, C, H, W)")
-    if x.shape[2] < 2 or x.shape[3] < 2:
-        raise InputError(f"{what} needs images of at least 2×2 pixels, got {tuple(x.shape[2:])}")
 
 
 def base_grid(h: int, w: int, *, device, dtype) -> torch.Tensor:
@@ -194,7 +184,7 @@ def stadv(model, x, y=None, *, tau: float = 0.05, kappa: float = 0.0, optimizer:
         raise OptionError(f"joint must be true or false, got {joint!r}")
     if search_steps > 1 and tau == 0:
         raise OptionError("a τ search multiplies and divides τ: start it at tau > 0")
-    check_image(x)
+    check_images(x, "stAdv", "moves pixels along a flow field", min_size=2)
     p = prepare(model, x, y, target=target)
     clf, xx = p.clf, p.x
     fill = float(clf.bounds[0])
