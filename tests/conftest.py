@@ -155,3 +155,27 @@ def analytic_distance(m: ImageAffine, x: torch.Tensor, norm: str) -> torch.Tenso
     d = (z.gather(1, y[:, None]) - z) / den
     d[torch.arange(len(y)), y] = float("inf")
     return d.min(1).values
+
+
+def fmnist_model(name: str, n: int):
+    """A shipped Fashion-MNIST model and the first ``n`` test images and labels (skips without Fashion-MNIST)."""
+    if not fmnist_available():
+        pytest.skip("Fashion-MNIST not installed")
+    from georobust import data, pretrained
+
+    x, y = data.load("fashion-mnist", "test", limit=n)
+    return pretrained(name), x, y
+
+
+class CountingLinear(nn.Module):
+    """A linear model on flattened ``(N, 1, 4, 4)`` inputs that counts its forward passes: bad input must be
+    refused before any of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x.flatten(1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fmnist_available, needs_fmnist, run_cli
+from conftest import CountingLinear, fmnist_model, needs_fmnist, run_cli
 
 from georobust.errors import OptionError
 from georobust.evaluation.suite import evaluate, evaluate_sized, save_evaluation
@@ -15,14 +15,7 @@ SMALL = {"max_translation": 2.0, "max_rotation": 20.0}
 
 @pytest.fixture(scope="module")
 def lenet():
-    if not fmnist_available():
-        pytest.skip("Fashion-MNIST not installed")
-    import georobust
-    from georobust import data
-
-    clf = georobust.pretrained("lenet-fmnist-at")
-    x, y = data.load("fashion-mnist", "test")
-    return clf, x[:16], y[:16]
+    return fmnist_model("lenet-fmnist-at", 16)
 
 
 @needs_fmnist
@@ -66,17 +59,6 @@ def test_stadv_evaluated_in_flow_loss(lenet):
     assert ev.robust["stadv"][-1] == pytest.approx(float(((r.label_clean == r.y) & ~r.success).double().mean()))
 
 
-class _Counting(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(16, 3)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.lin(x.flatten(1))
-
-
 @pytest.mark.parametrize("kw, match", [
     ({"attacks": ["spatial-grid", "stadv"], "eps": [0, 1]}, "different units"),
     ({"attacks": ["spatial-grid", "spatial-worst-of-k"],
@@ -89,7 +71,7 @@ class _Counting(torch.nn.Module):
     ({"attacks": ["spatial-grid"], "eps": [-1.0]}, ">= 0"),
 ])
 def test_refusals_before_work(kw, match):
-    m = _Counting().eval()
+    m = CountingLinear().eval()
     x = torch.rand(4, 1, 4, 4)
     y = torch.zeros(4, dtype=torch.long)
     with pytest.raises(OptionError, match=match):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROUNDOFF, fmnist_available, needs_fmnist, relative_margin
+from conftest import ROUNDOFF, CountingLinear, fmnist_model, needs_fmnist, relative_margin
 
 from georobust.attacks.spatial_grid import (
     apply_transforms,
@@ -72,14 +72,7 @@ def _brute_force(clf, x, y, grid):
 
 @pytest.fixture(scope="module")
 def lenet():
-    if not fmnist_available():
-        pytest.skip("Fashion-MNIST not installed")
-    import georobust
-    from georobust import data
-
-    clf = georobust.pretrained("lenet-fmnist-at")
-    x, y = data.load("fashion-mnist", "test")
-    return clf, x[:10], y[:10]
+    return fmnist_model("lenet-fmnist-at", 10)
 
 
 @pytest.mark.slow
@@ -146,17 +139,6 @@ def test_worst_of_k(lenet):
     assert a.size.tolist() == pytest.approx(grid_radius(tr, 3.0, 30.0).tolist())
 
 
-class _Counting(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(16, 3)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.lin(x.flatten(1))
-
-
 @pytest.mark.parametrize("fn, x_shape, kw, err", [
     (spatial_grid, (4, 16), {}, InputError),                               # flat (N, D): no image to rotate
     (spatial_grid, (4, 1, 4, 4), {"num_translations": 0}, OptionError),    # a grid with zero points
@@ -170,7 +152,7 @@ class _Counting(torch.nn.Module):
     (spatial_worst_of_k, (4, 1, 4, 4), {"seed": "a"}, OptionError),
 ])
 def test_bad_input_refused_before_work(fn, x_shape, kw, err):
-    m = _Counting().eval()
+    m = CountingLinear().eval()
     with pytest.raises(err) as e:
         fn(m, torch.rand(*x_shape), **kw)
     assert m.calls == 0

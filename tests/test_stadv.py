@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import ROUNDOFF, fmnist_available, needs_fmnist, relative_margin
+from conftest import ROUNDOFF, CountingLinear, fmnist_model, needs_fmnist, relative_margin
 
 from georobust.attacks.stadv import adv_loss, apply_flow, flow_loss, max_displacement, stadv
 from georobust.errors import InputError, OptionError
@@ -73,14 +73,7 @@ def test_adv_loss_margin_and_kappa():
 
 @pytest.fixture(scope="module")
 def lenet_batch():
-    if not fmnist_available():
-        pytest.skip("Fashion-MNIST not installed")
-    import georobust
-    from georobust import data
-
-    clf = georobust.pretrained("lenet-fmnist")
-    x, y = data.load("fashion-mnist", "test")
-    return clf, x[:8], y[:8]
+    return fmnist_model("lenet-fmnist", 8)
 
 
 @needs_fmnist
@@ -133,17 +126,6 @@ def test_adam_and_per_sample_lbfgs(lenet_batch):
         assert bool((r.success == (pred != r.y)).all())
 
 
-class _Counting(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(16, 3)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.lin(x.flatten(1))
-
-
 @pytest.mark.parametrize("x_shape, kw, err", [
     ((4, 16), {}, InputError),                       # a flat (N, D) input has no pixels to move
     ((4, 1, 4, 4), {"tau": -0.1}, OptionError),      # negative τ
@@ -155,7 +137,7 @@ class _Counting(torch.nn.Module):
     ((4, 1, 1, 16), {}, InputError),                 # one-pixel-high images: no bilinear flow
 ])
 def test_bad_input_refused_before_work(x_shape, kw, err):
-    m = _Counting().eval()
+    m = CountingLinear().eval()
     x = torch.rand(*x_shape)
     with pytest.raises(err) as e:
         stadv(m, x, **kw)
