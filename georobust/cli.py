@@ -1102,11 +1102,12 @@ def evaluate(
     from .evaluation.suite import DEFAULT_EPS, check_attacks, default_attacks
 
     nrm = check_norm(norm)
-    if preset is None and _dense_data(s):  # a segmentation data set: mIoU vs ε (georobust.evaluation.dense)
-        _evaluate_dense(s, attacks=attacks, eps=eps, norm=nrm, option=option, out=out)
-        return
     if report and out is None:
         raise OptionError("--report writes OUT/report.html: give --out")
+    if preset is None and _dense_data(s):  # a segmentation data set: mIoU vs ε (georobust.evaluation.dense)
+        _evaluate_dense(s, attacks=attacks, eps=eps, norm=nrm, option=option, out=out)
+        _report_at_end(s, report, out)
+        return
     gdist.check_shard_size(shard_size)
     if resume and out is None:
         raise OptionError("--resume needs --out (the folder holding the run's checkpoints)")

@@ -312,3 +312,22 @@ def test_text_from_the_files_is_escaped(results, tmp_path):
     page = render(build([d]))
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
     assert parse(page).scripts == 0 and all(s.startswith("data:") for s in parse(page).imgs)
+
+
+def test_segmentation_result_in_the_report(tmp_path):
+    """A segmentation attack's result (task dense: label maps) gets its row and its scene/segmentation figure;
+    its robust accuracy is read per scene (a scene whose clean map already meets the goal is not counted)."""
+    import georobust as gr
+    from georobust import data
+
+    if not gr.models.manifest().get("unet-small-scenes"):
+        pytest.skip("no shipped segmenter")
+    seg = gr.pretrained("unet-small-scenes")
+    x, y = data.load("scenes-seg", "test", n=2)
+    r = gr.houdini(seg, x, y, eps=0.02, steps=2)
+    ra = r.robust_accuracy([0.02], "inf")
+    assert len(ra) == 1 and 0.0 <= ra[0] <= 1.0
+    assert ra[0] == pytest.approx(float((~r.success).double().mean()), abs=1e-12)  # clean maps: goal unmet
+    r.save(tmp_path / "result_houdini")
+    page = render(build([tmp_path]))
+    assert "houdini" in page and page.count("data:image/png;base64,") >= 1

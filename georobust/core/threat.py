@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import OptionError, unknown_name
+from .tasks import task
 
 #: numerical slack when comparing a perturbation's size with a budget (sizes are computed in float64)
 SIZE_TOL = 1e-7
@@ -73,6 +74,8 @@ class ThreatModel:
         was run at a single budget: it answers for that budget (``result.params[budget_option]``) and for
         none other."""
         correct = result.label_clean == result.y
+        if correct.ndim > 1:   # dense (label maps): correct unless the clean prediction already meets the goal
+            correct = ~task(getattr(result, "task", "dense")).success(result.label_clean, result.y)
         budgets = [float(b) for b in budgets]
         if not self.per_sample:
             raise OptionError(f"{self.name} perturbations are not per-sample: read their fooling rate instead")

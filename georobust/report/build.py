@@ -120,6 +120,13 @@ def _example_picks(fooled: torch.Tensor, n: int = N_EXAMPLES) -> list[int]:
 def _attack_examples(r, classes, bounds) -> str | None:
     if r.x.ndim < 2 or r.x.shape[0] == 0:
         return None
+    if r.label_clean.ndim > 1:   # segmentation: scene / clean map / adversarial scene / its map (/ target)
+        import tempfile
+
+        from .. import plots
+
+        with tempfile.TemporaryDirectory() as d:
+            return figures.file_uri(plots.segmentation_examples(r, Path(d) / "seg.png", classes=classes))
     fooled = r.success & (r.label_clean == r.y)
     idx = _example_picks(fooled.cpu())
     top = [_label(int(r.label_clean[i]), classes) for i in idx]
