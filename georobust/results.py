@@ -261,18 +261,17 @@ class AttackResult(Saveable):
         """Segmentation results (task ``dense``): mIoU and pixel accuracy of the clean and the adversarial
         predictions against ``y`` over all scenes (``-100`` pixels left out), and for a targeted attack the
         fraction of counted pixels predicted as the target — recomputed from the stored label maps."""
-        from .evaluation.metrics import segmentation_metrics
-
+        dense = get_task("dense")
         k = self.params.get("num_classes")
         if not isinstance(k, int):
             k = int(max(self.label_clean.max(), self.label_adv.max(), self.y.max())) + 1
-        clean = segmentation_metrics(self.label_clean, self.y, k)
-        adv = segmentation_metrics(self.label_adv, self.y, k, target=self.target)
+        clean = dense.set_metrics(self.label_clean, self.y, k)
+        adv = dense.set_metrics(self.label_adv, self.y, k, target=self.target)
         out = {"miou_clean": clean["miou"], "miou_adv": adv["miou"], "pixel_accuracy_clean": clean["pixel_accuracy"],
                "pixel_accuracy_adv": adv["pixel_accuracy"]}
         if self.target is not None:
-            out["target_agreement_clean"] = segmentation_metrics(self.label_clean, self.y, k,
-                                                                 target=self.target)["target_agreement"]
+            out["target_agreement_clean"] = dense.set_metrics(self.label_clean, self.y, k,
+                                                              target=self.target)["target_agreement"]
             out["target_agreement"] = adv["target_agreement"]
         return out
 

@@ -99,6 +99,20 @@ class Dense:
         return float(sum(ious) / len(ious)) if ious else float("nan")
 
 
+    def set_metrics(self, pred: torch.Tensor, y: torch.Tensor, num_classes: int,
+                    target: torch.Tensor | None = None) -> dict[str, float]:
+        """Over a whole set of label maps: ``miou`` (:meth:`miou`), ``pixel_accuracy`` (every counted pixel
+        weighs the same) and, with ``target``, ``target_agreement`` (the fraction of counted pixels predicted as
+        the target)."""
+        self._check_maps(pred, y)
+        counted = y != self.ignore_index
+        total = counted.sum().clamp_min(1).double()
+        out = {"miou": self.miou(pred, y, num_classes),
+               "pixel_accuracy": float(((pred == y) & counted).sum().double() / total)}
+        if target is not None:
+            out["target_agreement"] = float(((pred == target) & counted).sum().double() / total)
+        return out
+
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU matrix ``(M, G)`` of boxes ``a`` ``(M, 4)`` and ``b`` ``(G, 4)``, corners ``x1, y1, x2, y2``."""
     a, b = a.double(), b.double()

@@ -41,13 +41,9 @@ def mean_iou(pred: torch.Tensor, y: torch.Tensor, num_classes: int, ignore_index
 def segmentation_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int, *,
                          target: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
     """``miou`` and ``pixel_accuracy`` of predicted maps against ``y``; with ``target``, also
-    ``target_agreement``: the fraction of counted pixels (``y != ignore_index``) predicted as the target."""
-    out = {"miou": mean_iou(pred, y, num_classes, ignore_index), "pixel_accuracy": pixel_accuracy(pred, y, ignore_index)}
-    if target is not None:
-        counted = y != ignore_index
-        out["target_agreement"] = float(((pred == target) & counted).sum().double()
-                                        / counted.sum().clamp_min(1).double())
-    return out
+    ``target_agreement``: the fraction of counted pixels (``y != ignore_index``) predicted as the target
+    (:meth:`~georobust.core.tasks.Dense.set_metrics`)."""
+    return Dense(ignore_index=ignore_index).set_metrics(pred, y, num_classes, target)
 
 
 def perturbed_labels(model, x: torch.Tensor, v: torch.Tensor, *, pred: torch.Tensor | None = None,
