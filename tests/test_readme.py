@@ -13,10 +13,12 @@ from typer.main import get_command
 from georobust.cli import app
 
 README = (ROOT / "README.md").read_text()
+#: the longer chapters README links to; their command lines are checked like README's
+DOCS = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
 
 
-def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+def _blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 @needs_fmnist
@@ -30,7 +32,7 @@ def test_python_example_runs(tmp_path, monkeypatch):
 
 
 def _cli_lines() -> list[list[str]]:
-    text = "\n".join(_blocks("bash")).replace("\\\n", " ")
+    text = "\n".join(b for t in (README, *DOCS.values()) for b in _blocks("bash", t)).replace("\\\n", " ")
     out = []
     for line in text.splitlines():
         line = line.split("  #")[0].strip()
@@ -51,3 +53,14 @@ def test_cli_lines_name_real_commands_and_options(argv):
     for a in args:
         if a.startswith("-"):
             assert a in known, f"{' '.join(argv)}: unknown option {a}"
+
+
+def _links(text: str) -> list[str]:
+    return [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t and t[:1] != "#"]
+
+
+@pytest.mark.parametrize("name", ["README.md", *(f"docs/{n}" for n in DOCS)])
+def test_relative_links_point_to_files(name):
+    page = ROOT / name
+    missing = [t for t in _links(page.read_text()) if t and not (page.parent / t).exists()]
+    assert not missing, f"{name} links to missing files: {missing}"
