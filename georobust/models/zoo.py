@@ -12,11 +12,16 @@ lenet          Caffe LeNet as in DeepFool's MNIST experiments: conv5(20) → max
                padded ("same") so that 8×8 digits still fit.
 resnet-small   a pre-activation ResNet (He et al., 2016) with three stages of two basic blocks
                (16, 32, 64 channels), for 28×28/32×32 inputs (any size works: global pooling)
+convnet        a configurable small CNN for studies of what makes a network robust (``georobust
+               study``): ``depth`` blocks conv3×3 → [batch-norm] → ReLU → max-pool (channels
+               ``width``, ``2·width``, ``4·width``, ...), then [dropout] → linear. Options (``build(...,
+               width=, depth=, batch_norm=, dropout=)``): width 16, depth 2, batch_norm False, dropout 0.
 ============== ===================================================================================
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -117,17 +122,58 @@ def resnet_small(input_shape: Shape, num_classes: int) -> nn.Module:
     return PreActResNet(c, num_classes)
 
 
-def build(arch: str, input_shape: Shape, num_classes: int, seed: int | None = None) -> nn.Module:
-    """Build architecture ``arch`` for inputs of ``input_shape`` (without batch) and ``num_classes``."""
+@registry.architectures.register("convnet")
+def convnet(input_shape: Shape, num_classes: int, width: int = 16, depth: int = 2, batch_norm: bool = False,
+            dropout: float = 0.0) -> nn.Module:
+    """``depth`` blocks conv3×3 (padding 1) → [BatchNorm2d] → ReLU → max-pool 2 (while the map is at least
+    2×2), channels ``width · 2**i``; then flatten → [Dropout(``dropout``)] → linear. The factors of the
+    "what makes a network robust" study (architecture width, depth, batch-norm, dropout) as options."""
+    c, h, w = _image_shape(input_shape, "convnet")
+    for name, v in (("width", width), ("depth", depth)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise OptionError(f"convnet {name} must be a positive integer, got {v!r}")
+    if not isinstance(batch_norm, bool):
+        raise OptionError(f"convnet batch_norm must be true or false, got {batch_norm!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise OptionError(f"convnet dropout must be a probability in [0, 1), got {dropout!r}")
+    layers: list[nn.Module] = []
+    cin = c
+    for i in range(depth):
+        cout = width * 2 ** i
+        layers.append(nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU())
+        if min(h, w) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        cin = cout
+    layers.append(nn.Flatten())
+    if dropout > 0:
+        layers.append(nn.Dropout(float(dropout)))
+    layers.append(nn.Linear(cin * h * w, num_classes))
+    return nn.Sequential(*layers)
+
+
+def build(arch: str, input_shape: Shape, num_classes: int, seed: int | None = None, **options) -> nn.Module:
+    """Build architecture ``arch`` for inputs of ``input_shape`` (without batch) and ``num_classes``;
+    ``options`` go to the builder (``convnet``: width, depth, batch_norm, dropout), an unknown one is an
+    :class:`~georobust.errors.OptionError` naming the valid ones."""
     builder = registry.architectures.get(arch).fn
     if num_classes < 2:
         raise OptionError(f"num_classes must be >= 2, got {num_classes}")
+    if options:
+        valid = list(inspect.signature(builder).parameters)[2:]
+        bad = sorted(set(options) - set(valid))
+        if bad:
+            raise OptionError(f"architecture {arch!r} has no option {', '.join(map(repr, bad))}; its options are "
+                              f"{', '.join(valid) or 'none'}")
     input_shape = tuple(int(s) for s in input_shape)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return builder(input_shape, num_classes)
-    return builder(input_shape, num_classes)
+            return builder(input_shape, num_classes, **options)
+    return builder(input_shape, num_classes, **options)
 
 
 class _DoubleConv(nn.Sequential):
