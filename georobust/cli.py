@@ -1715,6 +1715,13 @@ def report_command(
     console.print(f"wrote {write_report(results, out, compare=compare)}")
 
 
+# --------------------------------------------------------------------------------------------- study
+from .study_cli import register_cli as _register_study  # noqa: E402 (the command lives in its own module)
+
+_register_study(app, console=console, print_error=_print_error,
+                setup=lambda verbose, device: _setup(Shared(verbose=verbose, device=device)))
+
+
 def main():  # pragma: no cover - entry point
     app()
 
