@@ -525,3 +525,165 @@ def cascade_sharded(ctx: Context, model, x: torch.Tensor, y: torch.Tensor, *, ep
         res.alarms = [a.to_dict() for a in cascade_alarms(clf, res)]
     res.seconds = time.perf_counter() - t0
     return res
+
+
+# ------------------------------------------------------------------------------------------- universal
+#: samples per shard of a universal perturbation's fooling rate: a multiple of the prediction batch (1024,
+#: :func:`georobust.checks.predict`), so the shards' batches are exactly those of an unsharded fooling rate
+DEFAULT_UNIVERSAL_SHARD_SIZE = 1024
+PREDICT_BATCH = 1024
+
+
+def _validated(model, x, what: str):
+    """Validate ``model`` and inputs ``x`` as :func:`~georobust.checks.prepare` does, without predicting all of
+    ``x`` (that is the sharded part): ``(classifier, x, number of classes)``."""
+    from torch import nn
+
+    from ..checks import check_input_shape, check_model, check_x, match_dtype
+    from ..errors import ModelError
+    from ..models.classifier import as_classifier
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module returning logits (N, K), got {type(model).__name__}")
+    clf = as_classifier(model)
+    x = check_x(x, clf.bounds, name=what)
+    check_input_shape(clf, x, name=what)
+    x = match_dtype(x, clf, name=what)
+    clf, k = check_model(clf, x)
+    return clf, x, k
+
+
+def fooling_sharded(ctx: Context, model, x: torch.Tensor, v: torch.Tensor, *,
+                    shard_size: int = DEFAULT_UNIVERSAL_SHARD_SIZE, clip: bool = True,
+                    batch_size: int = PREDICT_BATCH, _checked: tuple | None = None) -> tuple[float, torch.Tensor]:
+    """The fooling rate of one perturbation ``v`` on ``x`` (the fraction whose *predicted* label changes,
+    :func:`georobust.evaluation.metrics.fooling_rate`), sharded: each rank predicts ``x`` and ``x + v`` on its
+    fixed shards (shard ``k`` on rank ``k mod N``, batches of ``batch_size`` inside a shard) and the ``(K, K)``
+    transition counts (clean label, perturbed label) are summed with one ``all_reduce``. Every rank returns
+    ``(fooling rate, transitions)`` (transitions on the CPU, int64).
+
+    Integer counts add up exactly, and a shard's predictions do not depend on N, so the answer is identical for
+    any number of processes; with ``shard_size`` a multiple of ``batch_size`` the batches are also those of an
+    unsharded :func:`~georobust.evaluation.metrics.fooling_rate` with that ``batch_size``, so it equals it too.
+    Every rank passes the same ``x`` and ``v`` (validated on every rank, before any work)."""
+    from ..evaluation.metrics import perturbed_labels
+
+    check_shard_size(shard_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    clf, x, k = _checked if _checked is not None else _validated(model, x, "x")
+    if not isinstance(v, torch.Tensor) or v.shape != x.shape[1:]:
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise InputError(f"v must be one perturbation shaped like one input {tuple(x.shape[1:])}, got {got}")
+    n = int(x.shape[0])
+    check_world(ctx, n, shard_size)
+    v = v.to(x.device, x.dtype)
+    counts = torch.zeros(k * k, dtype=torch.int64, device=x.device)
+    for j, (a, b) in enumerate(shards(n, shard_size)):
+        if j % ctx.world_size != ctx.rank:
+            continue
+        clean, adv = perturbed_labels(clf, x[a:b], v, clip=clip, batch_size=batch_size)
+        counts += torch.bincount(clean * k + adv, minlength=k * k)
+    counts = _sum_tensor(ctx, counts)
+    transitions = counts.view(k, k).cpu()
+    fooled = n - int(transitions.diagonal().sum())
+    return fooled / n, transitions
+
+
+def _sum_tensor(ctx: Context, t: torch.Tensor) -> torch.Tensor:
+    if not ctx.distributed:
+        return t
+    import torch.distributed as dist
+
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = t.to(dev)
+    dist.all_reduce(out)
+    return out
+
+
+def _broadcast(ctx: Context, obj: Any) -> Any:
+    """``obj`` of rank 0 on every rank (pickled; tensors travel on the CPU)."""
+    if not ctx.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if ctx.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def universal_sharded(ctx: Context, model, x: torch.Tensor, *, x_eval: torch.Tensor | None = None,
+                      shard_size: int = DEFAULT_UNIVERSAL_SHARD_SIZE,
+                      on_pass: Callable[[Any], None] | None = None, **options):
+    """:func:`georobust.attacks.universal.universal_perturbation` under torchrun: the perturbation is computed
+    **once, on rank 0**, and its fooling rate on the held-out set ``x_eval`` after every pass is sharded over the
+    ranks (:func:`fooling_sharded`). Returns the :class:`~georobust.results.UniversalResult` on rank 0 (``None``
+    on the others), with the per-pass held-out fooling rates and the held-out transitions of the last pass.
+
+    Why rank 0 alone, not every rank with the same seed: Algorithm 1 is sequential (each accepted step changes
+    ``v`` before the next sample is looked at), so N copies would take as long as one and save nothing; one
+    writer owns the per-pass checkpoint (``checkpoint=``, ``resume=``); and on GPUs the same seed does not make
+    N devices compute the same bits (non-deterministic kernels, different cards across nodes), whereas
+    broadcasting ``v`` after each pass evaluates, on every shard, exactly the ``v`` that is saved. The other ranks
+    wait (at most the process group's timeout, :data:`TIMEOUT`) and then share the held-out evaluation — the
+    part that grows with the data set.
+
+    A one-process call (``ctx.world_size == 1``) runs the same shards in order, so the result is identical for
+    any number of processes; with ``shard_size`` a multiple of 1024 it is also what
+    ``universal_perturbation(..., x_eval=x_eval)`` computes unsharded. ``options``: those of
+    ``universal_perturbation`` but ``x_eval``. ``on_pass(result)``: on rank 0 after each pass, once its held-out
+    fooling rate is in. Under torchrun ``x_eval`` is required (it is what is sharded).
+    """
+    from ..attacks.universal import universal_perturbation
+
+    if "x_eval" in options:
+        raise OptionError("universal_sharded: give the held-out set as x_eval= (keyword), once")
+    shard_size = check_shard_size(shard_size)
+    checked = None
+    if x_eval is not None:
+        checked = _validated(model, x_eval, "x_eval")  # every rank, before any work: the same refusals
+        if isinstance(x, torch.Tensor) and x.shape[1:] != checked[1].shape[1:]:
+            raise InputError(f"x_eval must be inputs shaped like x (…, {tuple(x.shape[1:])}), got "
+                             f"{tuple(checked[1].shape)}")
+        check_world(ctx, int(checked[1].shape[0]), shard_size)
+    elif ctx.distributed:
+        raise OptionError("universal under torchrun shards the fooling rate on a held-out set: give x_eval "
+                          "(CLI: --eval-limit > 0), or run it as one process")
+    if checked is None:
+        return universal_perturbation(model, x, on_pass=on_pass, **options)
+    n_eval = int(checked[1].shape[0])
+    clip = options.get("clip", True)
+
+    def evaluate_v(v: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Every rank together: rank 0 sends ``v``, all evaluate their shards, all get the sums."""
+        v = _broadcast(ctx, v.detach().cpu() if v is not None else None)
+        return fooling_sharded(ctx, checked[0], checked[1], v, shard_size=shard_size, clip=clip, _checked=checked)
+
+    if not ctx.main:
+        while True:  # one evaluation per pass of rank 0, until it says there is no more (None)
+            v = _broadcast(ctx, None)
+            if v is None:
+                return None
+            fooling_sharded(ctx, checked[0], checked[1], v, shard_size=shard_size, clip=clip, _checked=checked)
+
+    evaluated = []
+
+    def after_pass(r):
+        fe, tr = evaluate_v(r.v)
+        r.fooling_eval[-1] = fe
+        r.transitions = tr
+        r.params["n_eval"] = n_eval
+        if options.get("checkpoint") is not None:
+            r.save(options["checkpoint"])  # this pass's checkpoint again, now with its held-out numbers
+        evaluated.append(r.passes)
+        if on_pass is not None:
+            on_pass(r)
+
+    try:
+        res = universal_perturbation(model, x, on_pass=after_pass, **options)
+        if not evaluated:  # resumed from a finished checkpoint: no pass ran; evaluate its final v once
+            res.fooling_eval[-1], res.transitions = evaluate_v(res.v)
+            res.params["n_eval"] = n_eval
+    finally:
+        _broadcast(ctx, None)  # no more passes (also after an error: no rank waits for ever)
+    return res
