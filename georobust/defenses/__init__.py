@@ -7,6 +7,7 @@ Every submodule not starting with ``_`` is imported here (registering its object
 
 from ..core.autoload import import_submodules
 from .defended import BPDA, EOT, Defended, Detector, Projection, Quantize, RandomNoise
+from .detectors import LID, DetectorSubnetwork, Features, FeatureSqueezing, Mahalanobis, make_adversarial
 from .objectives import (
                          Adversarial,
                          Cure,
@@ -24,4 +25,5 @@ MODULES = import_submodules(__name__, __path__)
 
 __all__ = ["fit", "History", "Objective", "Standard", "Adversarial", "FastAdversarial", "Cure", "LocalLinearity",
            "Margin", "inner_max", "make_objective",
-           "Detector", "Projection", "Quantize", "RandomNoise", "Defended", "BPDA", "EOT"]
+           "Detector", "Projection", "Quantize", "RandomNoise", "Defended", "BPDA", "EOT",
+           "Features", "DetectorSubnetwork", "FeatureSqueezing", "Mahalanobis", "LID", "make_adversarial"]
