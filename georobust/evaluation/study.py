@@ -23,7 +23,7 @@ unknown one is an :class:`~georobust.errors.OptionError` naming it and the valid
               optimizer, schedule, weight_decay, momentum
     [factors] a list of values for any of width, depth, batch_norm, dropout, epochs, batch_size, lr,
               optimizer, schedule, weight_decay, momentum
-    [measure] n_eval, pgd_eps, pgd_norm, pgd_steps, hessian_images, hessian_k, normals_images,
+    [measure] split, n_eval, pgd_eps, pgd_norm, pgd_steps, hessian_images, hessian_k, normals_images,
               deepfool_max_iter, deepfool_overshoot
 
 **One factor at a time** (the default): the base configuration, plus one configuration per value of each factor
@@ -125,7 +125,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
     "base": {
         "data": (lambda v: isinstance(v, str), "a data set name (georobust data list)", "fashion-mnist"),
         "n_train": (_pos_int, "a positive integer (the first n training images)", 20000),
-        "n_test": (_pos_int, "a positive integer (the first n test images, for clean accuracy)", 2000),
+        "n_test": (_pos_int, "a positive integer (the first n images of [measure] split: clean accuracy)", 2000),
         "arch": (lambda v: isinstance(v, str), "an architecture name (georobust zoo list)", "convnet"),
         "width": (_pos_int, "a positive integer", None),
         "depth": (_pos_int, "a positive integer", None),
@@ -140,6 +140,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
         "momentum": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)", 0.9),
     },
     "measure": {
+        "split": (*_choices("test", "train"), "test"),
         "n_eval": (_pos_int, "a positive integer (test images attacked by DeepFool and PGD)", 200),
         "pgd_eps": (lambda v: _num(v) and v > 0, "a positive number", 0.05),
         "pgd_norm": (*_choices("inf", "2"), "inf"),
@@ -244,8 +245,9 @@ def parse_config(raw: dict, *, source: str = "<config>") -> StudyConfig:
                        base=base, factors=factors, measure=vals["measure"], source=source)
 
 
-def load_config(path: str | Path, *, quick: bool = False) -> StudyConfig:
-    """Read and check the sweep file ``path`` (TOML); ``quick=True`` shrinks it (:func:`quick_config`)."""
+def load_config(path: str | Path, *, quick: bool = False, overrides: dict[str, dict] | None = None) -> StudyConfig:
+    """Read and check the sweep file ``path`` (TOML); ``overrides`` (section -> key -> value, checked like the
+    file's) replace its values; ``quick=True`` then shrinks it (:func:`quick_config`)."""
     p = Path(path)
     if not p.is_file():
         raise OptionError(f"sweep file {p} does not exist (give a TOML file; see repro/factors.toml)")
@@ -256,6 +258,10 @@ def load_config(path: str | Path, *, quick: bool = False) -> StudyConfig:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise OptionError(f"sweep file {p} is not valid TOML: {e}") from None
+    for sec, kv in (overrides or {}).items():
+        if not isinstance(raw.get(sec, {}), dict):
+            break  # parse_config says what is wrong with the file
+        raw[sec] = {**raw.get(sec, {}), **kv}
     cfg = parse_config(raw, source=str(p))
     return quick_config(cfg) if quick else cfg
 
@@ -347,7 +353,7 @@ def _build(settings: dict, input_shape, num_classes: int, seed: int):
 
 
 def measure(clf, x: torch.Tensor, y: torch.Tensor, m: dict, *, seed: int) -> dict[str, Any]:
-    """The robustness measurements of one trained classifier (eval mode) on test images ``x, y``: clean
+    """The robustness measurements of one trained classifier (eval mode) on images ``x, y``: clean
     accuracy on all of them, then on the first ``n_eval`` DeepFool's ρ_adv and PGD's robust accuracy, on the
     first ``hessian_images`` the largest input-Hessian eigenvalues of the loss, on the first
     ``normals_images`` the normals' spectrum."""
@@ -485,6 +491,7 @@ def run_sweep(cfg: StudyConfig, out: str | Path, *, resume: bool = False, device
             _build(r.settings, info.shape, info.num_classes, seed=0)
         except GeorobustError as e:
             raise OptionError(f"run {r.label}: {e}") from None
+    _barrier(ctx)  # every rank has checked the output folder before any rank writes into it
     if ctx.main:
         atomic_write_text(out / CONFIG_NAME, json.dumps(cfg.to_json(), indent=2))
     mine = assignment(len(runs), ctx.rank, ctx.world_size)
@@ -496,7 +503,7 @@ def run_sweep(cfg: StudyConfig, out: str | Path, *, resume: bool = False, device
     trained: list[str] = []
     if todo:
         x, y = gdata.load(cfg.base["data"], "train", limit=cfg.base["n_train"])
-        xt, yt = gdata.load(cfg.base["data"], "test", limit=cfg.base["n_test"])
+        xt, yt = gdata.load(cfg.base["data"], cfg.measure["split"], limit=cfg.base["n_test"])
         xt, yt = xt.to(dev), yt.to(dev)
     for i in todo:
         r = runs[i]
@@ -507,21 +514,23 @@ def run_sweep(cfg: StudyConfig, out: str | Path, *, resume: bool = False, device
         ckpt = folder / "train"
         resume_fit = (ckpt / gtrain.MANIFEST_NAME).exists()
         model = as_classifier(_build(s, info.shape, info.num_classes, seed=r.seed).to(dev))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hist = gtrain.fit(model, (x, y), "standard", epochs=s["epochs"], optimizer=s["optimizer"], lr=s["lr"],
                           schedule=s["schedule"], weight_decay=s["weight_decay"], momentum=s["momentum"],
                           batch_size=s["batch_size"], seed=r.seed, checkpoint_dir=ckpt, resume=resume_fit,
                           overwrite=not resume_fit)
-        fit_wall = time.perf_counter() - t0
+        fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
         model.eval()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metrics = measure(model, xt, yt, cfg.measure, seed=r.seed)
+        measure_wall, measure_cpu = time.perf_counter() - t0, time.process_time() - c0
         rec = {"id": r.run_id, "label": r.label, "folder": r.folder, "index": i, "seed": r.seed,
                "changed": r.changed, "settings": s, "measure": cfg.measure,
                "n_params": sum(p.numel() for p in model.parameters()),
                "train_seconds": hist.train_seconds, "fit_wall_seconds": fit_wall,
-               "train_accuracy": hist.last.get("acc"), "measure_seconds": time.perf_counter() - t0,
-               "device": str(dev), **metrics}
+               "fit_cpu_seconds": fit_cpu, "train_accuracy": hist.last.get("acc"),
+               "measure_seconds": measure_wall, "measure_cpu_seconds": measure_cpu,
+               "threads": torch.get_num_threads(), "device": str(dev), **metrics}
         atomic_write_text(folder / "result.json", json.dumps(rec, indent=2))  # the commit point of the run
         trained.append(r.run_id)
         log.info("study run %d/%d %s: %s", i + 1, len(runs), r.label,
@@ -618,7 +627,7 @@ def table_markdown(cfg: StudyConfig, records: list[dict]) -> str:
                 if cfg.mode == "one-at-a-time" else " (tables: the slice through the base)")
              + f"; seeds {cfg.seeds}; mean ± std over seeds.", "",
              "Base: " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.base.items()), "",
-             f"Measured on the first {cfg.base['n_test']} test images (clean accuracy) and the first {m['n_eval']} "
+             f"Measured on the first {cfg.base['n_test']} {m.get('split', 'test')} images (clean accuracy) and the first {m['n_eval']} "
              f"(DeepFool ρ_adv = ‖r‖₂/‖x‖₂ over the correctly classified samples it fooled; PGD L{m['pgd_norm']} "
              f"ε={m['pgd_eps']:g}, {m['pgd_steps']} steps); λ_max: the largest eigenvalue of ∇²ₓ loss on "
              f"{m['hessian_images']} images; σ₁₀/σ₁: singular values of {m['normals_images']} unit DeepFool "
