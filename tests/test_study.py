@@ -139,7 +139,8 @@ def test_expansion_one_factor_at_a_time_and_grid():
     # base + bn on + depth 2, 3 (depth 1 and lr 1e-2 are the base): 4 configurations x 2 seeds
     assert len(runs) == 4 * 2 and len({r.run_id for r in runs}) == len(runs)
     assert all(len(r.changed) <= 1 for r in runs)
-    assert [r.changed for r in runs[::2]] == [{}, {"batch_norm": True}, {"depth": 2}, {"depth": 3}]
+    assert [r.changed for r in runs[:4]] == [{}, {"batch_norm": True}, {"depth": 2}, {"depth": 3}]
+    assert [r.seed for r in runs] == [0] * 4 + [1] * 4
     grid = study.expand(_cfg(sweep={"mode": "grid"}, factors={"batch_norm": [False, True], "depth": [1, 2, 3]}))
     assert len(grid) == 2 * 3 * 2 and len({r.run_id for r in grid}) == len(grid)
     # the same training settings and seed are the same run in both sweeps
@@ -230,7 +231,7 @@ def test_measurements_match_independent_computations(swept):
     from georobust.geometry.hessian import dense_hessian, loss_fn
 
     cfg, out, res = swept
-    r = res.results[2]  # batch_norm on, seed 0
+    r = res.results[1]  # batch_norm on, seed 0
     s = r["settings"]
     info = gdata.info(s["data"])
     model = as_classifier(build(s["arch"], info.shape, info.num_classes, width=s["width"], depth=s["depth"],

@@ -319,18 +319,19 @@ def _fmt_value(v) -> str:
 
 
 def expand(cfg: StudyConfig) -> list[RunSpec]:
-    """The runs of the sweep, in a fixed order (configurations, then seeds within each): one factor at a time
-    around the base, or the full grid. A configuration listed twice (a factor value equal to the base) runs once."""
+    """The runs of the sweep, in a fixed order — every configuration with the first seed, then every one with the
+    second, ... (so a sweep cut short has covered every factor) — one factor at a time around the base, or the
+    full grid. A configuration listed twice (a factor value equal to the base) runs once."""
     if cfg.mode == "grid" and cfg.factors:
         keys = list(cfg.factors)
         combos = [dict(zip(keys, vs)) for vs in itertools.product(*(cfg.factors[k] for k in keys))]
     else:
         combos = [{}] + [{k: v} for k, values in cfg.factors.items() for v in values]
     runs, seen = [], set()
-    for combo in combos:
-        settings = {**cfg.base, **combo}
-        changed = {k: settings[k] for k in cfg.factors if settings[k] != cfg.base[k]}
-        for seed in cfg.seeds:
+    for seed in cfg.seeds:
+        for combo in combos:
+            settings = {**cfg.base, **combo}
+            changed = {k: settings[k] for k in cfg.factors if settings[k] != cfg.base[k]}
             r = RunSpec(settings=settings, seed=seed, changed=changed)
             if r.run_id not in seen:
                 seen.add(r.run_id)
