@@ -4,11 +4,12 @@
 ``cli.py`` hooks it in with ``register_cli(app, shared=..., console=..., setup=...)``; this module imports nothing
 of ``cli`` (no import cycle): the CLI hands over its shared-options decorator (which also shows a georobust error
 as one line, exit status 2), its console and its logging/device set-up. The shared options mean: ``--data`` the
-data set (replaces ``[base] data``), ``--split`` the split measured (``[measure] split``), ``--limit`` the images
-measured (``[base] n_test``), ``--seed`` an offset added to every seed of ``[sweep] seeds`` (another set of
-replicates), ``--device``, ``--verbose``; ``--model`` is refused (a study trains its own models: ``[base] arch``). Under ``torchrun --nproc-per-node W -m georobust study ...`` each rank trains its share of
-the runs (run ``i`` on rank ``i mod W``), ranks other than 0 log to ``DIR/logs/rank<R>.log``, and rank 0 merges
-the results, writes the table and the figures.
+data set (replaces ``base.data``), ``--split`` the split measured (``measure.split``), ``--limit`` the images
+measured (``base.n_test``), ``--seed`` an offset added to every seed of ``sweep.seeds`` (another set of
+replicates), ``--device``, ``--verbose``; ``--model`` is refused (a study trains its own models: ``base.arch``).
+Under ``torchrun --nproc-per-node W -m georobust study ...`` each rank trains its share of the runs (run ``i`` on
+rank ``i mod W``), ranks other than 0 log to ``DIR/logs/rank<R>.log``, and rank 0 merges the results, writes the
+table and the figures.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def register_cli(app: typer.Typer, *, shared: Callable, console: Any, setup: Cal
     @shared(*SHARED_NAMES, model=None, data=None, split=None)
     def study(
         s: Any,
-        config: Path = typer.Argument(..., metavar="CONFIG", help="the sweep file (TOML: [sweep], [base], [factors], "
-                                      "[measure]; see repro/factors.toml)"),
+        config: Path = typer.Argument(..., metavar="CONFIG", help="the sweep file (TOML with the sections sweep, base, "
+                                      "factors, measure; see repro/factors.toml)"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder: runs/, results.jsonl, table.md, figures"),
         quick: bool = typer.Option(False, "--quick", help="the same sweep on digits at a size of seconds"),
         resume: bool = typer.Option(False, "--resume", help="continue the sweep in --out: finished runs are skipped, "
@@ -64,8 +65,8 @@ def register_cli(app: typer.Typer, *, shared: Callable, console: Any, setup: Cal
         from .evaluation import study as gstudy
 
         if s.model is not None:
-            raise OptionError(f"--model {s.model}: a study trains its own models ([base] arch and the factors of "
-                              "CONFIG); leave --model out")
+            raise OptionError(f"--model {s.model}: a study trains its own models (base.arch and the factors "
+                              "of CONFIG); leave --model out")
         if quick and s.data is not None:
             raise OptionError("--quick runs the sweep on digits; leave --data out (or --quick)")
         dev = setup(s)

@@ -125,7 +125,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
     "base": {
         "data": (lambda v: isinstance(v, str), "a data set name (georobust data list)", "fashion-mnist"),
         "n_train": (_pos_int, "a positive integer (the first n training images)", 20000),
-        "n_test": (_pos_int, "a positive integer (the first n images of [measure] split: clean accuracy)", 2000),
+        "n_test": (_pos_int, "a positive integer (the first n images of measure.split: clean accuracy)", 2000),
         "arch": (lambda v: isinstance(v, str), "an architecture name (georobust zoo list)", "convnet"),
         "width": (_pos_int, "a positive integer", None),
         "depth": (_pos_int, "a positive integer", None),
@@ -155,17 +155,21 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, Any]]] = {
 SECTIONS = ("sweep", "base", "factors", "measure")
 
 #: what ``--quick`` does to any sweep file: digits, tiny sizes, at most two seeds (the grid is kept)
-QUICK = {"base": {"data": "digits", "n_train": 1000, "n_test": 200},
-         "caps": {"width": 8, "epochs": 4},
+QUICK = {"base": {"data": "digits"},
+         "caps": {"n_train": 1000, "n_test": 200, "width": 8, "epochs": 4},
          "measure": {"n_eval": 30, "pgd_steps": 5, "hessian_images": 3, "hessian_k": 3, "normals_images": 20,
                      "deepfool_max_iter": 20},
          "seeds": 2}
 
 
-def _unknown_key(where: str, key: str, valid) -> OptionError:
+def _unknown_key(where: str, key: str, valid, what: str = "key") -> OptionError:
+    """Messages name sections as ``base`` and keys as ``base.lr`` (TOML's dotted keys): no square brackets, which
+    the CLI's rich console would read as markup."""
     valid = list(valid)
     close = difflib.get_close_matches(key, valid, n=2, cutoff=0.6)
     hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    if what == "section":
+        return OptionError(f"{where}{hint} the valid sections are {', '.join(valid)}")
     return OptionError(f"{where}: unknown key {key!r}{hint}; the valid keys are {', '.join(valid)}")
 
 
@@ -191,7 +195,7 @@ class StudyConfig:
 def _check_value(section: str, key: str, v, where: str) -> None:
     check, what, _ = SCHEMA[section][key]
     if not check(v):
-        raise OptionError(f"{where}: [{section}] {key} = {v!r} is not valid; it must be {what}")
+        raise OptionError(f"{where}: {section}.{key} = {v!r} is not valid; it must be {what}")
 
 
 def parse_config(raw: dict, *, source: str = "<config>") -> StudyConfig:
@@ -201,34 +205,37 @@ def parse_config(raw: dict, *, source: str = "<config>") -> StudyConfig:
         raise OptionError(f"{source}: a sweep configuration is a table of sections, got {type(raw).__name__}")
     for sec in raw:
         if sec not in SECTIONS:
-            raise _unknown_key(f"{source} (top level)", sec, SECTIONS)
+            raise _unknown_key(f"{source}: unknown section {sec!r};", sec, SECTIONS, what="section")
         if not isinstance(raw[sec], dict):
-            raise OptionError(f"{source}: [{sec}] must be a table of keys, got {raw[sec]!r}")
+            raise OptionError(f"{source}: section {sec} must be a table of keys, got {raw[sec]!r}")
     vals: dict[str, dict] = {}
     for sec in ("sweep", "base", "measure"):
         given = raw.get(sec, {})
         for k, v in given.items():
             if k not in SCHEMA[sec]:
-                raise _unknown_key(f"{source} [{sec}]", k, SCHEMA[sec])
+                raise _unknown_key(f"{source}: section {sec}", k, SCHEMA[sec])
             _check_value(sec, k, v, source)
         vals[sec] = {k: given.get(k, d) for k, (_, _, d) in SCHEMA[sec].items()}
     factors = {}
     for k, values in raw.get("factors", {}).items():
+        if k in ("seed", "seeds"):
+            raise OptionError(f"{source}: factors.{k}: the seeds are not a factor but the replicates of every "
+                              "configuration (the error bars); list them in the sweep section: seeds = [0, 1, 2]")
         if k not in FACTORS:
-            raise _unknown_key(f"{source} [factors]", k, FACTORS)
+            raise _unknown_key(f"{source}: section factors", k, FACTORS)
         if not isinstance(values, list) or not values:
-            raise OptionError(f"{source}: [factors] {k} must be a non-empty list of values, got {values!r}")
+            raise OptionError(f"{source}: factors.{k} must be a non-empty list of values, got {values!r}")
         for v in values:
-            _check_value("base", k, v, f"{source} [factors] {k}")
+            _check_value("base", k, v, f"{source}: factors.{k}")
         if len({json.dumps(v) for v in values}) != len(values):
-            raise OptionError(f"{source}: [factors] {k} = {values!r} repeats a value")
+            raise OptionError(f"{source}: factors.{k} = {values!r} repeats a value")
         factors[k] = list(values)
     base = vals["base"]
     if base["data"] not in registry.datasets.names():
-        raise OptionError(f"{source}: [base] data = {base['data']!r} is not a data set; known: "
+        raise OptionError(f"{source}: base.data = {base['data']!r} is not a data set; known: "
                           f"{', '.join(registry.datasets.names())}")
     if base["arch"] not in registry.architectures.names():
-        raise OptionError(f"{source}: [base] arch = {base['arch']!r} is not an architecture; known: "
+        raise OptionError(f"{source}: base.arch = {base['arch']!r} is not an architecture; known: "
                           f"{', '.join(registry.architectures.names())}")
     params = inspect.signature(registry.architectures.get(base["arch"]).fn).parameters
     for k in ARCH_OPTIONS:
