@@ -320,7 +320,12 @@ class _Chain(nn.Module):
         self.training = classifier.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.projection(x))
+        xp = self.projection(x)
+        if not isinstance(xp, torch.Tensor) or xp.shape != x.shape:
+            got = tuple(xp.shape) if isinstance(xp, torch.Tensor) else type(xp).__name__
+            raise ModelError(f"the projection {type(self.projection).__name__} returned {got} for inputs of shape "
+                             f"{tuple(x.shape)}; a projection must return a tensor of its input's shape")
+        return self.classifier(xp)
 
 
 class Defended(Classifier):

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ModelError, WeightsError, unknown_name
+from ..registry import Registry
 from ..storage import atomic_target, atomic_write_text, ensure_writable
 from .classifier import Classifier, check_logits
 from .zoo import build
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = WEIGHTS_DIR / "MANIFEST.json"
+
+#: loaders of model files that are not one zoo architecture (a defended model: a classifier behind a projection
+#: and a detector). A weights file whose metadata has ``loader: NAME`` is rebuilt by the entry ``NAME``,
+#: ``fn(state, meta, device=) -> Classifier``. Loaders register where they are defined (``georobust.defenses``),
+#: which this registry imports by name on first lookup: models/ imports no method package.
+model_loaders = Registry("model loader", "georobust.defenses")
 
 
 def sha256(path: str | Path) -> str:
@@ -116,6 +123,10 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None,
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    if "loader" in meta:
+        clf = model_loaders.get(meta["loader"]).fn(state, meta, device=device)
+        clf.metadata = meta  # type: ignore[attr-defined]
+        return clf.to(device).eval()
     if "arch" not in meta:
         raise WeightsError(f"{path} has no 'arch' metadata; it was not written by georobust.save_weights")
     module = build(meta["arch"], tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]))
