@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -341,12 +342,14 @@ def _logistic_regression(z: torch.Tensor, t: torch.Tensor, weights: torch.Tensor
         step = torch.linalg.solve(hess, grad)
         if float(grad @ step) < 1e-20:
             break
-        scale = 1.0
+        scale, new = 1.0, math.inf
         while scale > 1e-6:
             new = loss(theta - scale * step)
             if new <= cur:
                 break
             scale /= 2
+        if new > cur:  # no decrease along the Newton direction: at the minimum up to round-off
+            break
         theta, cur = theta - scale * step, new
     return theta[:-1].clone(), theta[-1].clone()
 
@@ -413,7 +416,11 @@ class _Fitted(Detector):
         """Give every buffer/parameter the shape it has in ``state`` before ``load_state_dict``."""
         for key, value in state.items():
             owner_name, _, leaf = key.rpartition(".")
-            owner = self.get_submodule(owner_name) if owner_name else self
+            try:
+                owner = self.get_submodule(owner_name) if owner_name else self
+            except AttributeError as e:
+                raise WeightsError(f"the saved state has a tensor {key!r} that a {type(self).__name__} does not "
+                                   "have; was it written by another version or another detector?") from e
             if leaf in owner._buffers:
                 owner._buffers[leaf] = torch.empty_like(value)
 
