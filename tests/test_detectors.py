@@ -102,6 +102,13 @@ def test_features_penultimate_logits_and_named_layers(lenet):
         both = Features(lenet, ("module.2", "penultimate")).all(x)
     assert [a.shape[1] for a in both] == [50 * 8 * 8, 500]
     assert Features.default_layers(lenet) == tuple(f"module.{i}" for i in (0, 1, 2, 3, 5, 6, 7))
+    with torch.no_grad():
+        pooled = Features(lenet, "module.0", pool=True)(x)
+        assert torch.allclose(pooled, seq[0](x).mean((2, 3)), rtol=1e-6, atol=1e-7)
+        assert torch.equal(Features(lenet, "penultimate", pool=True)(x), seq[:-1](x))  # flat: nothing to pool
+    # Mahalanobis pools convolutional features (Lee et al.): one mean per channel
+    det = Mahalanobis(lenet, layer="module.0").fit(torch.rand(40, 1, 28, 28), torch.arange(40) % 10)
+    assert det.means.shape == (10, 20) and det.score(x).shape == (5,)
 
 
 def test_roc_auc_equals_pair_count_with_ties():

@@ -89,13 +89,19 @@ class Features(nn.Module):
     the *input* of the classifier's last ``nn.Linear``, i.e. the features the logits are computed from) or
     ``"logits"`` (the classifier's output); or a sequence of them. Each activation is flattened to ``(N, D)``.
 
+    ``pool=True`` averages an activation of shape ``(N, C, H, W)`` (or any ``(N, C, ...)``) over its spatial
+    positions first, one value per channel (Lee et al.'s convention for convolutional features).
+
     ``features(x)`` returns ``(N, D)`` (for several layers: their concatenation) and :meth:`all` the list, one
     ``(N, D_i)`` per layer, from one forward pass. The hook lives only during the call. Gradients flow (the
     adaptive attacks differentiate through it); the classifier is a sub-module (``.to(device)`` moves it).
     """
 
-    def __init__(self, classifier, layer: str | Sequence[str] = "penultimate"):
+    def __init__(self, classifier, layer: str | Sequence[str] = "penultimate", pool: bool = False):
         super().__init__()
+        if not isinstance(pool, bool):
+            raise OptionError(f"pool must be True or False, got {pool!r}")
+        self.pool = pool
         self.classifier = _classifier(classifier)
         self.training = False
         layers = (layer,) if isinstance(layer, str) else tuple(layer) if isinstance(layer, (list, tuple)) else None
@@ -158,7 +164,7 @@ class Features(nn.Module):
             a = logits if not name else got.get(i)
             if not isinstance(a, torch.Tensor):
                 raise ModelError(f"layer {self.layers[i]!r} produced no tensor in the forward pass (is it used?)")
-            out.append(a.flatten(1))
+            out.append(a.flatten(2).mean(2) if self.pool and a.ndim >= 3 else a.flatten(1))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +172,7 @@ class Features(nn.Module):
         return feats[0] if len(feats) == 1 else torch.cat(feats, 1)
 
     def extra_repr(self) -> str:
-        return f"layers={self.layers}"
+        return f"layers={self.layers}" + (", pool=True" if self.pool else "")
 
 
 def bit_depth(x: torch.Tensor, bits: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
@@ -645,7 +651,9 @@ class Mahalanobis(_Fitted):
     likelihood, as the paper), in float64, and stores ``W = Σ^{+1/2}`` (the pseudo-inverse square root from an
     eigendecomposition; eigenvalues below ``D·eps·λ_max`` are dropped, as ``scipy.linalg.pinvh``). ``score(x) =
     min_c (f(x) − μ_c)ᵀ Σ⁺ (f(x) − μ_c)`` — the squared distance to the closest class, i.e. minus the paper's
-    confidence score ``M(x)`` (higher = more suspicious). Differentiable in ``x``.
+    confidence score ``M(x)`` (higher = more suspicious). Differentiable in ``x``. A convolutional layer's
+    activations are averaged over positions (one feature per channel, as the paper), so any layer can be named;
+    several layers are concatenated into one Gaussian.
 
     ``noise > 0``: the paper's input pre-processing, ``x̂ = x − noise·sign(∇_x score(x))`` (a step that decreases
     the distance; clean inputs move closer than adversarial ones) and the score is taken at ``x̂``; as in the
@@ -656,7 +664,7 @@ class Mahalanobis(_Fitted):
     def __init__(self, classifier, layer: str | Sequence[str] = "penultimate", noise: float = 0.0):
         super().__init__()
         check_positive(noise, "noise", allow_zero=True)
-        self.features = Features(classifier, layer)
+        self.features = Features(classifier, layer, pool=True)
         self.layer = layer if isinstance(layer, str) else list(layer)
         self.noise = float(noise)
         self.register_buffer("means", torch.empty(0, dtype=torch.float64))
