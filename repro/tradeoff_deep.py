@@ -75,6 +75,11 @@ def check_args(a) -> None:
         _bad(f"--cure-gammas must be > 0, got {a.cure_gammas}")
     if a.cascade and not 0 < a.cascade_eps < 1:
         _bad(f"--cascade-eps must be in (0, 1), got {a.cascade_eps}")
+    if a.only is not None:
+        known = list(SHIPPED) + [r["name"] for r in sweep(a)]
+        unknown = sorted(set(a.only) - set(known))
+        if unknown:
+            _bad(f"--only: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if a.plot_only and not (a.out / "tradeoff_deep").is_dir():
         _bad(f"--plot-only: no saved results in {a.out / 'tradeoff_deep'}; run the sweep first")
 
@@ -170,7 +175,7 @@ def render(rows: list[dict], a, wdir: Path, elapsed: float | None) -> dict:
     png = plots.tradeoff_deep(curves, points, a.out / "tradeoff_deep.png",
                               robust_label=f"robust accuracy (PGD, L∞ ε={plot_eps})",
                               cascade=casc_curves or None)
-    head = ["model", "objective", "strength", "clean acc (10k)"] + [f"PGD acc @{e}" for e in eps_keys]
+    head = ["model", "objective", "strength", "clean acc (test)"] + [f"PGD acc @{e}" for e in eps_keys]
     has_casc = any("cascade" in r for r in rows)
     if has_casc:
         ce = next(r["cascade"] for r in rows if "cascade" in r)
@@ -215,6 +220,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=ROOT / "results" / "tradeoff_deep_ckpt",
                     help="fit checkpoints (not committed)")
     ap.add_argument("--no-shipped", action="store_true", help="leave the shipped models out")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME",
+                    help="process only these models (file stems, e.g. lenet-fmnist-at at-eps0.1); others are "
+                         "still plotted from their saved results")
     ap.add_argument("--plot-only", action="store_true", help="re-plot from saved results; no training")
     a = ap.parse_args(argv)
     a.argv = list(argv if argv is not None else sys.argv[1:])
@@ -239,6 +247,8 @@ def main(argv=None) -> dict:
         shipped = () if a.no_shipped else SHIPPED[:1] if a.quick else SHIPPED
         todo = [("shipped", n, None) for n in shipped]
         todo += [("swept", r["name"], r) for r in sweep(a)]
+        if a.only is not None:
+            todo = [t for t in todo if t[1] in a.only]
         for kind, name, run in todo:
             ev_path = wdir / f"{name}.eval.json"
             row = json.loads(ev_path.read_text()) if ev_path.exists() else None
