@@ -320,3 +320,35 @@ def test_factors_repro_quick(tmp_path):
     (out / "table.md").unlink()
     paths = load_script("repro/factors.py").main(["--quick", "--replot", "--out", str(tmp_path)])
     assert (out / "table.md").read_text() == table and len(paths) == 1 + len(cfg.factors)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_one_process_results(tmp_path):
+    """Two ranks train one run each; rank 0 merges: every measured number equals that of one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lines = []
+    small = {**TINY, "sweep": {"name": "tiny", "seeds": [0]}, "base": {**TINY["base"], "n_train": 200, "epochs": 1}}
+    for sec, kv in small.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in kv.items()]
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("\n".join(lines) + "\n")  # JSON scalars and lists are TOML values
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    for cmd, out in (([str(torchrun), "--standalone", "--nproc-per-node", "2"], "two"), ([sys.executable], "one")):
+        p = subprocess.run([*cmd, "-m", "georobust", "study", str(cfg), "--out", str(tmp_path / out)],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert p.returncode == 0, p.stdout + p.stderr
+    two, one = ([json.loads(x) for x in (tmp_path / o / "results.jsonl").read_text().splitlines()]
+                for o in ("two", "one"))
+    assert len(two) == len(one) == 2
+    assert (tmp_path / "two" / "logs" / "rank1.log").read_text().count("study run 2/2") == 1  # rank 1 ran run 2
+    drop = ("seconds", "threads")
+    assert [{k: v for k, v in r.items() if not any(d in k for d in drop)} for r in two] == \
+        [{k: v for k, v in r.items() if not any(d in k for d in drop)} for r in one]
