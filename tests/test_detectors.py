@@ -84,9 +84,11 @@ def test_bit_depth_levels():
 def test_squeezing_score_is_zero_on_fixed_points(lenet):
     g = torch.Generator().manual_seed(2)
     binary = (torch.rand(16, 1, 28, 28, generator=g) > 0.5).float()
-    assert torch.equal(FeatureSqueezing(lenet, bits=(1,), median=()).score(binary), torch.zeros(16))
+    assert torch.equal(FeatureSqueezing(lenet, bits=1, median=None).score(binary), torch.zeros(16))
     const = torch.cat([torch.zeros(4, 1, 28, 28), torch.ones(4, 1, 28, 28)])
     assert torch.equal(FeatureSqueezing(lenet).score(const), torch.zeros(8))  # 1 bit and 2x2 median both fix them
+    names = [n for n, _ in FeatureSqueezing(lenet, bits=(1, 4), median=3).squeezers()]
+    assert names == ["bits1", "bits4", "median3x3"]
     # and not zero elsewhere: mid-grey noise moves under 1-bit squeezing
     s = FeatureSqueezing(lenet).score(torch.rand(16, 1, 28, 28, generator=g))
     assert bool((s > 0).all()) and bool((s <= 2).all())
@@ -369,7 +371,9 @@ def test_wrong_shapes_labels_and_options_are_refused(lenet):
     with pytest.raises(OptionError, match="bit depths"):
         FeatureSqueezing(lenet, bits=(0,))
     with pytest.raises(OptionError, match="median window"):
-        FeatureSqueezing(lenet, median=(0,))
+        FeatureSqueezing(lenet, median=(0, 2))
+    with pytest.raises(OptionError, match="at least one squeezer"):
+        FeatureSqueezing(lenet, bits=(), median=None)
     with pytest.raises(OptionError, match="median smoothing needs image"):
         FeatureSqueezing(_gaussian_model())
     with pytest.raises(OptionError, match="larger than the images"):

@@ -578,29 +578,28 @@ class FeatureSqueezing(_Fitted):
     softmax on "squeezed" versions of it; an adversarial perturbation tends to be undone by squeezing, moving
     the prediction a lot, a clean input's much less.
 
-    ``FeatureSqueezing(classifier, bits=(1,), median=(2,))``: one squeezer per bit depth in ``bits``
-    (:func:`bit_depth`) and one per median window in ``median`` (:func:`median_filter`; an int ``s`` is an
-    ``s × s`` window, or give ``(h, w)``). The defaults are the paper's MNIST configuration (1-bit depth, 2×2
-    median). ``score(x) = max_squeezer ‖softmax(f(x)) − softmax(f(squeeze(x)))‖₁`` (the paper's joint
+    ``FeatureSqueezing(classifier, bits=1, median=(2, 2))``: one squeezer per bit depth in ``bits`` (an int or a
+    sequence of them; :func:`bit_depth`) and one median smoothing (:func:`median_filter`) over the window
+    ``median``: ``(h, w)``, an int ``s`` for ``s × s``, or ``None`` for none. The defaults are the paper's MNIST
+    configuration (1-bit depth, 2×2 median). ``score(x) = max_squeezer ‖softmax(f(x)) − softmax(f(squeeze(x)))‖₁`` (the paper's joint
     detector), in ``[0, 2]``. Nothing is learned: :meth:`fit` only exists for a uniform interface (it returns
     ``self``); the threshold comes from :meth:`fit_threshold`. The squeezers are not differentiable
     (rounding: zero gradient; the median passes the gradient to the selected pixel).
     """
 
-    def __init__(self, classifier, bits: Sequence[int] = (1,), median: Sequence = (2,)):
+    def __init__(self, classifier, bits: int | Sequence[int] = 1, median: int | tuple[int, int] | None = (2, 2)):
         super().__init__()
         self.classifier = _classifier(classifier)
         bits = (bits,) if isinstance(bits, int) and not isinstance(bits, bool) else tuple(bits)
         if not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16 for b in bits):
             raise OptionError(f"bits must be bit depths between 1 and 16, got {bits!r}")
-        median = (median,) if isinstance(median, int) and not isinstance(median, bool) else tuple(median)
-        median = tuple(_size2(m) for m in median)
+        median = None if median is None else _size2(median)
         if not bits and not median:
             raise OptionError("FeatureSqueezing needs at least one squeezer: give bits and/or median")
         shape = self.classifier.input_shape
         if median and shape is not None and len(shape) != 3:
             raise OptionError(f"median smoothing needs image inputs (C, H, W); this classifier takes {shape}: use "
-                              "median=() (bit-depth reduction only)")
+                              "median=None (bit-depth reduction only)")
         self.bits = bits
         self.median = median
 
@@ -608,7 +607,7 @@ class FeatureSqueezing(_Fitted):
         return self.classifier
 
     def _config(self) -> dict:
-        return {"bits": list(self.bits), "median": [list(m) for m in self.median]}
+        return {"bits": list(self.bits), "median": None if self.median is None else list(self.median)}
 
     def _is_fitted(self) -> bool:
         return True
@@ -617,7 +616,9 @@ class FeatureSqueezing(_Fitted):
         """``(name, function)`` of each squeezer."""
         lo_hi = self.classifier.bounds
         out: list[tuple[str, object]] = [(f"bits{b}", lambda x, b=b: bit_depth(x, b, lo_hi)) for b in self.bits]
-        out += [(f"median{h}x{w}", lambda x, s=(h, w): median_filter(x, s)) for h, w in self.median]
+        if self.median is not None:
+            h, w = self.median
+            out.append((f"median{h}x{w}", lambda x: median_filter(x, (h, w))))
         return out
 
     def fit(self, *args, **kwargs) -> FeatureSqueezing:
