@@ -193,3 +193,30 @@ def test_hog_patch_beats_a_random_patch():
     assert adv < rnd - 0.37, (adv, rnd)
     det_loss = [h["detection"] for h in r.loss_history]
     assert sum(det_loss[-3:]) < sum(det_loss[:3])
+
+
+@needs_video
+@pytest.mark.slow
+def test_surveillance_repro_quick(tmp_path):
+    """repro/surveillance_patch.py --quick: OpenCV on the clean held-out frames finds every person (the people
+    are its own boxes), the CNN's clean recall is what a separate run of the shipped CNN gives, every count is
+    within its total, the table shows the json's numbers, and --replot redraws the figure from the saved files."""
+    pytest.importorskip("cv2", reason="OpenCV absent: pip install 'opencv-python-headless<5'")
+    from conftest import load_script
+
+    script = load_script("repro/surveillance_patch.py")
+    res = script.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    s, r = res["settings"], res["recall"]
+    assert r["hog"]["none"]["recall"] == 1.0 and r["hog"]["none"]["total"] == s["test_people"] > 0
+    x, people = _video_people(s["test_frames"][0], s["test_frames"][-1] + 1, s["test_frames"][1] - s["test_frames"][0])
+    e = evaluate_detector_patch(load_cnn_people(), x, people, None)
+    assert (e["found"], e["total"]) == (r["cnn"]["none"]["found"], r["cnn"]["none"]["total"])
+    for det in ("hog", "cnn"):
+        for k in script.CONDITIONS:
+            assert 0 <= r[det][k]["found"] <= r[det][k]["total"] == s["test_people"]
+    md = (tmp_path / "surveillance_patch_quick.md").read_text()
+    assert f"{r['cnn']['cnn']['recall']:.3f} ({r['cnn']['cnn']['found']}/{s['test_people']})" in md
+    png = tmp_path / "surveillance_patch_quick.png"
+    png.unlink()
+    script.main(["--quick", "--replot", "--out", str(tmp_path)])
+    assert png.stat().st_size > 10_000
