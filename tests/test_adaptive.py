@@ -68,7 +68,7 @@ def test_bpda_on_a_quantizer_recovers_the_undefended_robust_accuracy(digits):
     ev = adaptive_evaluation(d, x, y, EPS, spsa=False, seed=0)
     assert ev.surrogate["route"] == "bpda" and ev.surrogate["eot"] == 1 and not ev.surrogate["detector_aware"]
     assert abs(ev.robust["adaptive-pgd"] - undefended) <= 0.03
-    assert ev.robust_adaptive == ev.robust["adaptive-pgd"]
+    assert ev.robust_adaptive <= min(ev.robust.values())  # per-sample worst case over every attack run
     # the masking is reported, not a false "robust": 100% vanished gradients on the real model, none on BPDA's
     assert ev.masking["pgd"] == 1.0 and ev.masking["adaptive-pgd"] == 0.0
     assert ev.masked and ev.verdict.startswith("gradient masking")
@@ -241,3 +241,70 @@ def test_bad_input_is_refused(digits):
         detection_metrics(LowMargin(clf), x, x)
     with pytest.raises(OptionError, match="generator"):
         GeneratorRoute(_linear_case()[0], mode="sideways")
+
+
+# ---- the CLI: georobust defend detect|project, georobust evaluate --adaptive ----------------------------------
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from georobust import cli
+
+    return CliRunner().invoke(cli.app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_cli_defend_project_and_evaluate_adaptive(tmp_path, digits):
+    import json
+
+    from georobust.defend_cli import load_defence
+
+    res = _cli("defend", "project", "--projection", "quantize", "-O", "levels=17", "--limit", "50",
+               "--out", tmp_path / "q")
+    assert res.exit_code == 0, res.output
+    spec = json.loads((tmp_path / "q" / "defence.json").read_text())
+    assert spec["projection"] == {"class": "Quantize", "options": {"levels": 17}} and spec["base"] == "zoo:mlp-digits"
+    d = load_defence(tmp_path / "q")
+    assert isinstance(d.projection, Quantize) and d.projection.levels == 17 and d.detector is None
+    res = _cli("evaluate", "--adaptive", "--defence", tmp_path / "q", "--limit", "30", "--eps", "0.0625",
+               "-o", "steps=10", "-o", "spsa_steps=3", "-o", "spsa_samples=8", "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    assert "gradient masking" in res.output and "adaptive-pgd" in res.output
+    got = json.loads((tmp_path / "ev" / "adaptive.json").read_text())
+    x, y = gr.data.load("digits", "test", limit=30)
+    want = adaptive_evaluation(d, x, y, 0.0625, steps=10, spsa_steps=3, spsa_samples=8, seed=0)
+    assert got["robust"] == want.robust and got["masking"] == want.masking
+    assert got["masked"] and got["surrogate"]["route"] == "bpda"
+
+
+def test_cli_defend_detect_saves_a_working_detector(tmp_path, digits):
+    import json
+
+    from georobust.defend_cli import load_defence
+
+    res = _cli("defend", "detect", "--detector", "squeezing", "-O", "median=[]", "--limit", "200", "--fpr", "0.1",
+               "--out", tmp_path / "fs")
+    assert res.exit_code == 0, res.output
+    spec = json.loads((tmp_path / "fs" / "defence.json").read_text())
+    d = load_defence(tmp_path / "fs")
+    assert d.rejects and d.detector.threshold == spec["detector"]["threshold"] and d.detector.fpr == 0.1
+    # the threshold was fitted on the last 40 of the 200 training inputs: at most 10% of them are flagged
+    x, _ = gr.data.load("digits", "train", limit=200)
+    assert int(d.detector.detect(x[-40:]).sum()) <= 4
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["defend", "project", "--projection", "blur", "--out", "{tmp}/a"], "unknown projection 'blur'"),
+    (["defend", "project", "--projection", "quantize", "-O", "levelz=3", "--out", "{tmp}/a"], "levelz"),
+    (["defend", "detect", "--detector", "magic", "--out", "{tmp}/a"], "unknown detector 'magic'"),
+    (["defend", "detect", "--detector", "squeezing", "--fpr", "1.5", "--out", "{tmp}/a"], "strictly between 0 and 1"),
+    (["defend", "detect", "--detector", "squeezing", "--limit", "20", "--out", "{tmp}/a"], "raise --limit"),
+    (["evaluate", "--adaptive", "--preset", "standard"], "--preset does not apply to --adaptive"),
+    (["evaluate", "--adaptive", "--eps", "0.1,0.2"], "one --eps"),
+    (["evaluate", "--adaptive", "-o", "stepz=3"], "Did you mean 'steps'"),
+    (["evaluate", "--adaptive", "-o", "spsa=3"], "true or false"),
+    (["evaluate", "--adaptive", "--defence", "{tmp}/none"], "no defence at"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a[:20])
+def test_cli_bad_options_are_clear_errors(tmp_path, args, msg):
+    res = _cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.exit_code == 2 and msg in " ".join(res.output.split()), res.output

@@ -83,12 +83,15 @@ def _generator_of(projection: nn.Module, generator: nn.Module | None) -> nn.Modu
         if not callable(generator):
             raise OptionError(f"generator must be callable (z -> x), got {type(generator).__name__}")
         return generator
+    gen = getattr(projection, "generate", None)   # the projection's own z -> x map (e.g. clamp(decoder(z)))
+    if callable(gen):
+        return gen
     for name in ("generator", "decoder", "g"):
         g = getattr(projection, name, None)
         if isinstance(g, nn.Module) or (g is not None and callable(g) and not isinstance(g, type)):
             return g
     raise OptionError(f"{type(projection).__name__} has no generator: give generator=<the module mapping a latent "
-                      "z to an input>, or expose it as .generator or .decoder")
+                      "z to an input>, or expose it as .generate(z), .generator or .decoder")
 
 
 class GeneratorRoute(Projection):
@@ -97,7 +100,8 @@ class GeneratorRoute(Projection):
 
     ``GeneratorRoute(projection, generator=None, mode="implicit", steps=1, step_size=None, ridge=1e-3)``:
     ``projection`` must have ``project_latent(x) -> z*`` (the latent it projects to) and a generator
-    (``generator=``, or its ``.generator`` / ``.decoder``); ``projection(x)`` is ``g(z*(x))``. The forward value
+    (``generator=``, or its ``.generate(z)`` method, ``.generator`` or ``.decoder``); ``projection(x)`` is
+    ``g(z*(x))``. The forward value
     is the real projection's output ``g(z*)`` (``z*`` is found without gradient); the backward pass is:
 
     ``mode="implicit"`` (default)
@@ -368,20 +372,26 @@ def adaptive_pgd(defended: Defended, x, y=None, *, eps: float, norm="inf", steps
                        params=params, threat="bounded-lp")
 
 
-def vanished_gradients(model, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+def vanished_gradients(model, x: torch.Tensor, y: torch.Tensor, losses=("ce", "cw"),
                        batch_size: int = 256) -> torch.Tensor:
-    """``(N,)`` bool: inputs whose input gradient of ``loss`` has vanished on ``model`` — not finite, or
-    ``‖g‖₁·(hi − lo) <= eps_dtype·max(|L|, 1)`` (a step across the whole box would change the loss by less
-    than its round-off; the criterion of the ``gradients`` alarm, :mod:`georobust.evaluation.alarms`)."""
+    """``(N,)`` bool: inputs whose input gradient has vanished on ``model`` for *every* loss of ``losses``
+    (``"ce"``, ``"cw"``, ``"dlr"``) — not finite, or ``‖g‖₁·(hi − lo) <= eps_dtype·max(|L|, 1)``: a step across
+    the whole box would change the loss by less than its round-off. The criterion of the ``gradients`` alarm
+    (:mod:`georobust.evaluation.alarms`), where the cross-entropy alone also vanishes on confidently classified
+    inputs (a saturated softmax) while the margin still moves them: masking is when no loss gives a direction."""
     lo, hi = model.bounds
+    losses = (losses,) if isinstance(losses, str) else tuple(losses)
     out = []
     for i in range(0, x.shape[0], batch_size):
-        g, ell, _ = loss_grad(model, x[i:i + batch_size], y[i:i + batch_size], None, loss)
-        g = g.flatten(1).double()
-        finite = torch.isfinite(g).all(1) & torch.isfinite(ell)
-        g1 = g.abs().sum(1).nan_to_num(nan=math.inf)
-        tiny = g1 * (hi - lo) <= torch.finfo(x.dtype).eps * ell.double().abs().clamp_min(1.0)
-        out.append(~finite | tiny)
+        bad = torch.ones(x[i:i + batch_size].shape[0], dtype=torch.bool, device=x.device)
+        for loss in losses:
+            g, ell, _ = loss_grad(model, x[i:i + batch_size], y[i:i + batch_size], None, loss)
+            g = g.flatten(1).double()
+            finite = torch.isfinite(g).all(1) & torch.isfinite(ell)
+            g1 = g.abs().sum(1).nan_to_num(nan=math.inf)
+            tiny = g1 * (hi - lo) <= torch.finfo(x.dtype).eps * ell.double().abs().clamp_min(1.0)
+            bad &= ~finite | tiny
+        out.append(bad)
     return torch.cat(out)
 
 
@@ -429,7 +439,8 @@ class AdaptiveEvaluation:
     clean_rejected: float
     #: robust accuracy per attack: ``pgd`` (non-adaptive, on the real model), ``adaptive-pgd``, ``spsa``
     robust: dict[str, float]
-    #: the per-sample worst case over the adaptive attacks (adaptive-pgd and spsa): the number to report
+    #: the per-sample worst case over every attack run (an input any of them breaks is broken): the number to
+    #: report
     robust_adaptive: float
     #: per attack: the fraction of the attacked inputs (clean-correct) whose adversarial example is rejected
     detected: dict[str, float]
@@ -466,7 +477,8 @@ def adaptive_evaluation(defended: Defended, x, y, eps: float, *, norm="inf", ste
        the detector not rejecting (``reject="ignore"``: SPSA's untargeted margin would otherwise walk into the
        reject class), re-verified against the whole real model like every other result.
 
-    Masking: the fraction of clean-correct inputs whose CE input gradient vanished (:func:`vanished_gradients`)
+    Masking: the fraction of clean-correct inputs whose input gradients of both the cross-entropy and the C&W
+    margin vanished (:func:`vanished_gradients`)
     on the real model (``pgd``) and on the surrogate (``adaptive-pgd``); ``masked`` when the real model's exceeds
     :data:`MASKING_FRACTION`, and the verdict then says the non-adaptive number is no robustness claim.
     """
@@ -497,9 +509,8 @@ def adaptive_evaluation(defended: Defended, x, y, eps: float, *, norm="inf", ste
     n_correct = max(int(correct.sum()), 1)
     robust = {k: float(_robust(r, y).double().mean()) for k, r in results.items()}
     worst = torch.ones_like(correct)
-    for k, r in results.items():
-        if k != "pgd":
-            worst &= _robust(r, y)
+    for r in results.values():
+        worst &= _robust(r, y)
     detected = {}
     reject = p.num_classes - 1 if defended.rejects else None
     for k, r in results.items():
