@@ -423,7 +423,7 @@ METRICS = (("clean_accuracy", "clean acc.", "clean accuracy"),
            ("rho_adv_mean", "ρ_adv mean", None),
            ("hessian_lambda_max_median", "λ_max ∇²ℓ (median)", "λ_max of ∇²ₓ loss (median)"),
            ("normals_sigma10_over_sigma1", "σ₁₀/σ₁ normals", "σ₁₀/σ₁ of the normals"),
-           ("train_seconds", "train s", None))
+           ("fit_cpu_seconds", "fit CPU s", None))
 
 
 @dataclasses.dataclass
@@ -636,10 +636,12 @@ def table_markdown(cfg: StudyConfig, records: list[dict]) -> str:
              + f"; seeds {cfg.seeds}; mean ± std over seeds.", "",
              "Base: " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.base.items()), "",
              f"Measured on the first {cfg.base['n_test']} {m.get('split', 'test')} images (clean accuracy) and the first {m['n_eval']} "
-             f"(DeepFool ρ_adv = ‖r‖₂/‖x‖₂ over the correctly classified samples it fooled; PGD L{m['pgd_norm']} "
+             f"(DeepFool ρ_adv = ‖r‖₂/‖x‖₂ over the correctly classified samples it fooled; PGD "
+             f"{'L∞' if m['pgd_norm'] == 'inf' else 'L2'} "
              f"ε={m['pgd_eps']:g}, {m['pgd_steps']} steps); λ_max: the largest eigenvalue of ∇²ₓ loss on "
              f"{m['hessian_images']} images; σ₁₀/σ₁: singular values of {m['normals_images']} unit DeepFool "
-             f"normals (as many random unit vectors give {_random_ratio(records)}).", ""]
+             f"normals (as many random unit vectors give {_random_ratio(records)}); fit CPU s: CPU seconds of "
+             "the training (one thread: about its wall time on a quiet machine).", ""]
     for f in cfg.factors:
         lines += [f"## {f}", "", "| " + f + " | seeds | " + " | ".join(t for _, t, _ in METRICS) + " |",
                   "|---" * (len(METRICS) + 2) + "|"]
@@ -672,7 +674,9 @@ def factor_figure(cfg: StudyConfig, records: list[dict], factor: str, path: str 
         ax.set_xlabel(factor + " (* base)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{cfg.name}: {factor} (mean ± std over {len(cfg.seeds)} seeds)", fontsize=10)
+    ns = sorted({r["n"] for r in rows})
+    per = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    fig.suptitle(f"{cfg.name}: {factor} (mean ± std over seeds, {per} per point)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
