@@ -20,6 +20,7 @@ from georobust.geometry.spheres import (
     gilmer_bound,
     monte_carlo_error,
     nearest_errors,
+    quadratic_error,
     quadric_distance,
     sphere_radii,
 )
@@ -106,6 +107,20 @@ def test_monte_carlo_error_of_a_known_boundary():
         net.b.fill_(-(1.2 * r_out) ** 2)
     e = monte_carlo_error(clf, 30, n=2000, seed=1)
     assert e["inner"] == 0 and e["outer"] == 1.0 and e["total"] == 0.5
+
+
+def test_quadratic_error_in_the_eigenbasis_matches_the_network():
+    """The eigenbasis Monte Carlo of the quadratic network's error equals the network's own Monte Carlo within
+    5 standard errors (binomial, both estimates)."""
+    clf = _tilted_quadratic(20)
+    A, b, _ = clf.module.quadratic_form()
+    fast = quadratic_error(A, b, n=200_000, seed=3)
+    slow = monte_carlo_error(clf, 20, n=200_000, seed=4)
+    for k in ("inner", "outer"):
+        p = slow[k]
+        se = math.sqrt(p * (1 - p) / 100_000 + p * (1 - p) / 200_000) + 1e-6
+        assert abs(fast[k] - p) < 5 * se, (k, fast[k], p)
+    assert fast["inner"] > 0.2 and fast["n"] == 200_000
 
 
 def _tilted_quadratic(dim: int) -> Classifier:
