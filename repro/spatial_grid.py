@@ -7,21 +7,38 @@ Engstrom et al. report on MNIST 99.3 % clean → 73.3 % under worst-of-10 and 26
 training); Fashion-MNIST models are less invariant, so the drops here are larger. Writes
 repro/results/spatial_grid.md + spatial_grid_curve.png + spatial_grid_examples.png.
 
-    python repro/spatial_grid.py          # the four LeNet/MLP Fashion-MNIST models, 500 test images
+    python repro/spatial_grid.py          # the Fashion-MNIST models of MODELS, 500 test images
+    python repro/spatial_grid.py --models lenet-fmnist,georobust/models/weights/lenet-fmnist-spatial.safetensors
     python repro/spatial_grid.py --quick  # lenet-fmnist, 20 images, a 3 × 3 × 7 grid
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 from _common import dataset_of, parser
 
 from georobust import data, plots, pretrained
 from georobust.evaluation.suite import evaluate_sized
+from georobust.models import manifest
+from georobust.models.io import load_weights
 
-MODELS = ("lenet-fmnist", "lenet-fmnist-at", "lenet-fmnist-cure", "fc500-150-10-fmnist")
+#: the Fashion-MNIST models compared: standard, Lp-robust (AT, CURE), geometrically fine-tuned (ManiFool; spatial
+#: adversarial training, lenet-fmnist-spatial, where the zoo ships it), and the MLP
+MODELS = ("lenet-fmnist", "lenet-fmnist-at", "lenet-fmnist-cure", "lenet-fmnist-manifool", "lenet-fmnist-spatial",
+          "fc500-150-10-fmnist")
+
+
+def load_model(name: str):
+    """``(name, classifier, data set)``: a shipped model by name, or weights by path (``.safetensors``, named by
+    the file's stem, Fashion-MNIST unless the manifest knows the stem)."""
+    if name.endswith(".safetensors"):
+        stem = Path(name).stem
+        return stem, load_weights(Path(name)).eval(), dataset_of(stem) if stem in manifest() else "fashion-mnist"
+    return name, pretrained(name), dataset_of(name)
 RADII = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -30,6 +47,9 @@ def main(argv=None) -> dict:
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--merge-from", nargs="*", type=Path, default=[],
+                    help="add the rows of these spatial_grid.json files (runs split over processes; same -n, --k, "
+                         "--seed and grid) for models this run does not evaluate")
     a = ap.parse_args(argv)
     grid = {"num_translations": 5, "num_rotations": 31}
     if a.quick:
@@ -37,13 +57,16 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     rows, curves = [], {}
     last = None
-    for name in [m.strip() for m in a.models.split(",") if m.strip()]:
-        clf = pretrained(name)
-        x, y = data.load(dataset_of(name), "test", limit=a.n)
+    names = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else []
+    if a.models == ",".join(MODELS):  # the default list: the models this zoo ships
+        names = [m for m in names if m in manifest()]
+    for spec in names:
+        name, clf, dname = load_model(spec)
+        x, y = data.load(dname, "test", limit=a.n)
         t0 = time.perf_counter()
         ev, res = evaluate_sized(clf, x, y, attacks=["spatial-worst-of-k", "spatial-grid"], eps=list(RADII),
                                  options={"spatial-worst-of-k": {"k": a.k, "seed": a.seed}, "spatial-grid": grid},
-                                 model_name=name, data_name=dataset_of(name))
+                                 model_name=name, data_name=dname)
         secs = time.perf_counter() - t0
         g = res["spatial-grid"]
         rows.append({"model": name, "clean": ev.clean_accuracy, "worst_of_k": ev.robust["spatial-worst-of-k"][-1],
@@ -52,8 +75,22 @@ def main(argv=None) -> dict:
                      "grid_seconds": ev.details["spatial-grid"]["seconds"],
                      "transforms_per_image": float(g.iterations.double().mean())})
         curves[name] = ev.robust["spatial-grid"]
-        last = (name, g)
+        last = (name, g, dname)
+    setting = {"n": a.n, "k": a.k, "seed": a.seed, "grid": grid}
+    for path in a.merge_from:
+        got = json.loads(path.read_text())
+        if got["setting"] != setting:
+            raise SystemExit(f"--merge-from {path}: another setting {got['setting']} (this run: {setting})")
+        for r in got["rows"]:
+            if r["model"] not in curves:
+                rows.append(r)
+                curves[r["model"]] = got["curves"][r["model"]]
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda r: order.get(r["model"], len(order)))
+    curves = {r["model"]: curves[r["model"]] for r in rows}
     a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "spatial_grid.json").write_text(json.dumps({"setting": setting, "rows": rows, "curves": curves,
+                                                          "radii": list(RADII)}, indent=1))
     fig_curve = a.out / "spatial_grid_curve.png"
     import matplotlib.pyplot as plt
 
@@ -68,8 +105,9 @@ def main(argv=None) -> dict:
     fig.tight_layout()
     fig.savefig(fig_curve, dpi=110)
     plt.close(fig)
-    ex = plots.spatial_examples(last[1], a.out / "spatial_grid_examples.png",
-                                classes=data.info(dataset_of(last[0])).classes)
+    ex = a.out / "spatial_grid_examples.png"  # kept from an earlier run when this one evaluates no model
+    if last is not None:
+        ex = plots.spatial_examples(last[1], ex, classes=data.info(last[2]).classes)
     gdesc = f"{grid['num_translations']} × {grid['num_translations']} × {grid['num_rotations']}"
     lines = ["| model | clean | worst-of-" + str(a.k) + " | grid (" + gdesc + ") | median fooling radius "
              "| transforms tried / image | grid seconds |", "|---|---|---|---|---|---|---|"]
