@@ -113,6 +113,12 @@ def test_features_penultimate_logits_and_named_layers(lenet):
     assert det.means.shape == (10, 20) and det.score(x).shape == (5,)
 
 
+def test_detectors_start_in_eval_mode_on_the_classifiers_device(lenet):
+    for det in (DetectorSubnetwork(lenet), FeatureSqueezing(lenet), Mahalanobis(lenet), LID(lenet)):
+        assert not any(m.training for m in det.modules()), type(det).__name__
+        assert det._device() == next(lenet.parameters()).device
+
+
 def test_roc_auc_equals_pair_count_with_ties():
     g = torch.Generator().manual_seed(4)
     neg = torch.randint(0, 6, (40,), generator=g).double()
