@@ -291,7 +291,8 @@ def evaluate_adaptive(cli, s, *, defence: Path | None, attacks: str | None, eps:
         raise OptionError(f"--eps must be positive, got {eps_list[0]}")
     opts = _options([o.split(".", 1)[1] if o.startswith("adaptive.") else o for o in (option or [])],
                     "adaptive option (-o)", ADAPTIVE_OPTIONS)
-    run = cli._start(s, model=defence is None, check_outputs=lambda: cli._check_out_dir(out, ("adaptive.json",)))
+    run = cli._start(s, model=defence is None, check_outputs=lambda: cli._check_out_dir(
+        out, ("adaptive.json", "adaptive_scores.png", "adaptive_projections.png")))
     from .defenses import Defended
     from .defenses.adaptive import adaptive_evaluation
 
@@ -319,3 +320,32 @@ def evaluate_adaptive(cli, s, *, defence: Path | None, attacks: str | None, eps:
                                                                     **ev.to_dict()}, indent=2,
                                                                    default=_json_default))
         cli.console.print(f"wrote {path}")
+        for fig in _figures(model, ev, run.x, run.y, out, name):
+            cli.console.print(f"wrote {fig}")
+
+
+def _figures(model, ev, x, y, out: Path, name: str) -> list[Path]:
+    """``adaptive_scores.png`` (a detector's scores: clean, non-adaptive PGD, adaptive PGD) and
+    ``adaptive_projections.png`` (clean, projected, adaptive adversarial, its projection)."""
+    from . import plots
+
+    written = []
+    correct = ev.results["adaptive-pgd"].label_clean == y
+    if model.detector is not None:
+        def scores(v):
+            if v.shape[0] == 0:
+                return []
+            with torch.no_grad():
+                return [float(s) for s in torch.cat([model.detector.score(v[i:i + 256])
+                                                     for i in range(0, v.shape[0], 256)])]
+        data = {"clean": scores(x), "adversarial": scores(ev.results["pgd"].x_adv[correct]),
+                "adaptive": scores(ev.results["adaptive-pgd"].x_adv[correct]), "threshold": model.detector.threshold}
+        written.append(plots.detector_scores({name: data}, out / "adaptive_scores.png"))
+    if model.projection is not None and x.ndim == 4:
+        k = min(4, x.shape[0])
+        xa = ev.results["adaptive-pgd"].x_adv[:k]
+        with torch.no_grad():
+            rows = {name: {"clean": x[:k], "projected": model.projection(x[:k]), "adversarial": xa,
+                           "adversarial projected": model.projection(xa)}}
+        written.append(plots.projections(rows, out / "adaptive_projections.png"))
+    return written

@@ -275,6 +275,7 @@ def test_cli_defend_project_and_evaluate_adaptive(tmp_path, digits):
     want = adaptive_evaluation(d, x, y, 0.0625, steps=10, spsa_steps=3, spsa_samples=8, seed=0)
     assert got["robust"] == want.robust and got["masking"] == want.masking
     assert got["masked"] and got["surrogate"]["route"] == "bpda"
+    assert (tmp_path / "ev" / "adaptive_projections.png").stat().st_size > 5000
 
 
 def test_cli_defend_detect_saves_a_working_detector(tmp_path, digits):
@@ -282,7 +283,7 @@ def test_cli_defend_detect_saves_a_working_detector(tmp_path, digits):
 
     from georobust.defend_cli import load_defence
 
-    res = _cli("defend", "detect", "--detector", "squeezing", "-O", "median=[]", "--limit", "200", "--fpr", "0.1",
+    res = _cli("defend", "detect", "--detector", "squeezing", "-O", "bits=2", "--limit", "200", "--fpr", "0.1",
                "--out", tmp_path / "fs")
     assert res.exit_code == 0, res.output
     spec = json.loads((tmp_path / "fs" / "defence.json").read_text())
