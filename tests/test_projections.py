@@ -29,6 +29,7 @@ from georobust.defenses.projections import (
     save_defended,
 )
 from georobust.errors import InputError, ModelError, OptionError, WeightsError
+from georobust.models import io as mio
 from georobust.models.io import WEIGHTS_DIR, load_model
 
 MAGNET = WEIGHTS_DIR / "lenet-fmnist-magnet.safetensors"
@@ -306,6 +307,28 @@ def test_shipped_defensegan_loads_and_matches_its_recorded_accuracy():
     assert proj.options() == {k: rec["settings"][k] for k in ("restarts", "steps", "lr")} | {
         "optimizer": "adam", "seed": 0, "batch_size": 256, "use_encoder": True}
     assert acc > 0.7
+
+
+@needs_fmnist
+def test_zoo_name_loads_the_defended_models(tmp_path, monkeypatch):
+    """``load_model("zoo:NAME")`` goes through the manifest (sha256 checked) to the defended loader. Until the
+    integrator merges the entries into MANIFEST.json, a manifest holding them is written here."""
+    entries = {name: {"file": f"{name}.safetensors", "sha256": mio.sha256(mio.WEIGHTS_DIR / f"{name}.safetensors")}
+               for name in ("lenet-fmnist-magnet", "lenet-fmnist-defensegan")}
+    man = tmp_path / "MANIFEST.json"
+    man.write_text(json.dumps({**mio.manifest(), **entries}))
+    monkeypatch.setattr(mio, "MANIFEST", man)
+    magnet = load_model("zoo:lenet-fmnist-magnet")
+    assert isinstance(magnet, Defended) and magnet.name == "lenet-fmnist-magnet" and magnet.rejects
+    x, _ = georobust.data.load("fashion-mnist", "test", limit=20)
+    assert torch.equal(magnet(x), load_model(str(MAGNET))(x))
+    gan = load_model("zoo:lenet-fmnist-defensegan")
+    assert isinstance(gan.projection, GenerativeProjection) and gan.name == "lenet-fmnist-defensegan"
+    assert gan.classifier.name == "lenet-fmnist"
+    entries["lenet-fmnist-magnet"]["sha256"] = "0" * 64
+    man.write_text(json.dumps(entries))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_model("zoo:lenet-fmnist-magnet")
 
 
 def test_save_and_load_a_defended_model_round_trip(tmp_path):
