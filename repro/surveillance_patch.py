@@ -134,7 +134,9 @@ def table(res: dict) -> str:
              f"(EOT: jitter, ±20° rotation, brightness/contrast/noise 0.1), NPS 0.01 + TV 2.5; evaluated on "
              f"{s['n_test']} held-out frames ({s['test_people']} people). People: OpenCV HOG boxes on the clean "
              f"frames; found = a detection at IoU >= 0.5. `{s['command']}`, {res['seconds']:.0f} s on "
-             f"{s['threads']} thread(s) of a shared CPU.", "",
+             f"{s['threads']} thread(s) of a shared CPU"
+             + (f" (evaluation only; the patches are those of `{s['patches_from']['command']}`, "
+                f"{s['patches_from']['seconds']:.0f} s)" if "patches_from" in s else "") + ".", "",
              "| detector | no patch | grey patch | random-noise patch | patch made on HOG | patch made on CNN |",
              "|---|---|---|---|---|---|"]
     for det in ("hog", "cnn"):
@@ -237,6 +239,10 @@ def run(a) -> dict:
            "recall": recall, "training": training, "paper_thys_2019_inria_yolov2_ap": PAPER,
            "figure": {"frame": te_idx[a.figure_frame], "people": b_te[a.figure_frame].tolist(), "detections": fig_det},
            "seconds": time.perf_counter() - t0}
+    if saved is not None:
+        res["settings"]["patches_from"] = {"command": saved["settings"].get("patches_from", {}).get(
+            "command", saved["settings"]["command"]), "seconds": saved["settings"].get("patches_from", {}).get(
+            "seconds", saved["seconds"])}
     return res, patches
 
 
