@@ -118,7 +118,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
         if dropped[i]:
             continue
         keep.append(i)
-        dropped |= (ious[i].cpu() > iou)
+        dropped |= ious[i].cpu() > iou
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
 
 
@@ -360,31 +360,32 @@ def train_cnn_detector(frames: torch.Tensor, boxes: list[torch.Tensor], *, frame
     if allb.shape[0] == 0:
         raise InputError("no boxes at all in the training frames: nothing to learn")
     anchor = (float(((allb[:, 2] - allb[:, 0]) / sx).median()), float(((allb[:, 3] - allb[:, 1]) / sy).median()))
-    model = CNNPeopleDetector(anchor=anchor)
+    dev = frames.device
+    model = CNNPeopleDetector(anchor=anchor).to(dev)
     grid = (INPUT_SIZE[0] // STRIDE, INPUT_SIZE[1] // STRIDE)
     flipped = [torch.stack([fw - b[:, 2], b[:, 1], fw - b[:, 0], b[:, 3]], 1) if len(b) else b for b in boxes]
-    obj, reg = _targets(boxes, (sx, sy), model.anchor, grid)
-    obj_f, reg_f = _targets(flipped, (sx, sy), model.anchor, grid)
+    obj, reg = (t.to(dev) for t in _targets(boxes, (sx, sy), model.anchor.cpu(), grid))
+    obj_f, reg_f = (t.to(dev) for t in _targets(flipped, (sx, sy), model.anchor.cpu(), grid))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = frames.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
-    pw = torch.tensor(pos_weight)
+    pw = torch.tensor(pos_weight, device=dev)
     history = []
     t0 = time.perf_counter()
     model.train()
     for ep in range(epochs):
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(dev)
         total = 0.0
         for k in range(steps_per_epoch):
             idx = perm[k * batch_size:(k + 1) * batch_size]
             xb = frames[idx].float()
             if frames.dtype == torch.uint8:
                 xb = xb / 255.0
-            flip = torch.rand(len(idx), generator=g) < 0.5
+            flip = (torch.rand(len(idx), generator=g) < 0.5).to(dev)
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            c = 1 + 0.4 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5)
-            br = 0.2 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5)
+            c = 1 + 0.4 * (torch.rand(len(idx), 1, 1, 1, generator=g).to(dev) - 0.5)
+            br = 0.2 * (torch.rand(len(idx), 1, 1, 1, generator=g).to(dev) - 0.5)
             xb = ((xb - 0.5) * c + 0.5 + br).clamp(0, 1)
             to = torch.where(flip[:, None, None], obj_f[idx], obj[idx])
             tr = torch.where(flip[:, None, None, None], reg_f[idx], reg[idx])
