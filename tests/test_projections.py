@@ -217,6 +217,7 @@ def test_median_smoothing_is_dets_median_filter():
 # MagNet
 
 
+@pytest.mark.slow   # ~5 s: most of it torch.optim's first import (fit_autoencoder uses Adam)
 def test_reformer_and_detector_on_a_tiny_trained_autoencoder():
     """A denoising AE fitted on 64 constant images in a few epochs: the reformer is in bounds and keeps the
     shape; the detector's score is the mean |x − ae(x)|^p by definition."""
@@ -380,7 +381,7 @@ def test_bad_options_and_inputs():
     vae = VAE((1, 8, 8), latent_dim=2, hidden=8)
     dec = vae.decoder
     for kw in ({"restarts": 0}, {"steps": 1.5}, {"lr": -1.0}, {"seed": "a"}, {"batch_size": 0},
-               {"optimizer": "sgd"}):
+               {"optimizer": "sgd"}, {"optimizer": 3}):
         with pytest.raises(OptionError):
             GenerativeProjection(dec, 2, **kw)
     with pytest.raises(OptionError, match="latent_dim"):

@@ -188,8 +188,8 @@ class GenerativeProjection(Projection):
         check_iterations(steps, "steps")
         check_iterations(batch_size, "batch_size")
         check_positive(lr, "lr")
-        if optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+        if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", str(optimizer), OPTIMIZERS)
         self.optimizer = optimizer
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise OptionError(f"seed must be an integer, got {seed!r}")
