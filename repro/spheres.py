@@ -170,6 +170,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--pgd-steps", type=int, default=20)
     ap.add_argument("--work", type=Path, default=WORK, help="folder of the trained weights (reused)")
     ap.add_argument("--replot", action="store_true", help="redraw the figure and table from the saved JSON")
+    ap.add_argument("--append", action="store_true",
+                    help="merge into the saved JSON: its rows of other dimensions are kept (dimensions run apart)")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     jpath = a.out / "spheres.json"
@@ -184,8 +186,15 @@ def main(argv=None) -> dict:
     for dim in (int(d) for d in a.dims.split(",")):
         for kind in ("relu-mlp", "quadratic"):
             rows += measure(kind, dim, a, a.work)
+    seconds = time.perf_counter() - t0
+    if a.append and jpath.exists():
+        old = json.loads(jpath.read_text())
+        done = {r["dim"] for r in rows}
+        rows = sorted([r for r in old["rows"] if r["dim"] not in done] + rows,
+                      key=lambda r: (r["dim"], r["model"], r["sphere"]))
+        seconds += old["seconds"]
     res = {"rows": rows, "mc_quadratic": a.mc_quadratic, "n_train": a.n_train, "epochs": a.epochs, "lr_mlp": a.lr_mlp, "lr_quadratic": a.lr_quadratic, "n": a.n, "mc": a.mc, "pgd_steps": a.pgd_steps,
-           "seconds": time.perf_counter() - t0, "mode": "quick" if a.quick else "full"}
+           "seconds": seconds, "mode": "quick" if a.quick else "full"}
     jpath.write_text(json.dumps(res, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     w = write(res, a.out)
     print(w["text"])
