@@ -118,6 +118,11 @@ def init(ctx: Context, device: torch.device) -> None:
         return
     if not dist.is_available():
         raise OptionError("this PyTorch build has no torch.distributed: run as one process")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:  # torchrun always sets them: this is a hand-made environment, not a launch
+        raise OptionError(f"WORLD_SIZE={ctx.world_size} is set but {' and '.join(missing)} not: start the command with "
+                          "torchrun (torchrun --nproc-per-node N -m georobust ...), or unset WORLD_SIZE and RANK to "
+                          "run it as one process")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(device)
