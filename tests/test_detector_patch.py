@@ -25,8 +25,15 @@ from georobust.detection import CNNPeopleDetector, HOGPeopleDetector, load_cnn_p
 from georobust.detection.cnn import HOG_BOXES_FILE
 from georobust.errors import InputError, OptionError
 
+try:
+    import cv2  # noqa: F401
+    HAVE_CV2 = True
+except ImportError:
+    HAVE_CV2 = False
+
 needs_video = pytest.mark.skipif(not video.find(), reason="vtest.avi absent: apt-get install -y opencv-doc (Debian) "
                                  "or make video")
+needs_cv2 = pytest.mark.skipif(not HAVE_CV2, reason="OpenCV absent: pip install 'opencv-python-headless<5'")
 
 
 def T(rows):
@@ -162,8 +169,9 @@ def _mean_scores(det, x, boxes, patch):
         return float(person_scores(det, x if patch is None else patch_frames(x, boxes, patch), bb, idx).mean())
 
 
-@needs_video
 @pytest.mark.slow
+@needs_video
+@needs_cv2
 def test_cnn_patch_loss_decreases_and_beats_a_random_patch():
     """On 4 training frames (13 people), 30 steps: measured over seeds 0-2 on this machine, the mean objectness
     of the people is 0.96 clean, 0.65-0.76 with a random patch and 0.18-0.20 with the patch; the loss's mean of
@@ -180,8 +188,9 @@ def test_cnn_patch_loss_decreases_and_beats_a_random_patch():
     assert adv < rnd - 0.25, (adv, rnd)
 
 
-@needs_video
 @pytest.mark.slow
+@needs_video
+@needs_cv2
 def test_hog_patch_beats_a_random_patch():
     """The HOG port, 2 training frames (4 people), 10 steps of lr 0.05: measured over seeds 0-2, the mean best
     SVM score over the windows around the people is 0.94 clean, 0.78-0.84 with a random patch and -0.14-0.02
@@ -195,13 +204,13 @@ def test_hog_patch_beats_a_random_patch():
     assert sum(det_loss[-3:]) < sum(det_loss[:3])
 
 
-@needs_video
 @pytest.mark.slow
+@needs_video
+@needs_cv2
 def test_surveillance_repro_quick(tmp_path):
     """repro/surveillance_patch.py --quick: OpenCV on the clean held-out frames finds every person (the people
     are its own boxes), the CNN's clean recall is what a separate run of the shipped CNN gives, every count is
     within its total, the table shows the json's numbers, and --replot redraws the figure from the saved files."""
-    pytest.importorskip("cv2", reason="OpenCV absent: pip install 'opencv-python-headless<5'")
     from conftest import load_script
 
     script = load_script("repro/surveillance_patch.py")
