@@ -4,16 +4,16 @@ give the detector patch of Thys, Van Ranst & Goedemé (CVPRW 2019) a deep target
 
 **Input.** Frames ``(N, 3, H, W)`` in [0, 1] of any size; the network resizes them (bilinear with antialiasing,
 differentiable) to ``INPUT_SIZE = 144 x 192`` (height x width), a quarter of vtest.avi's 576 x 768 in each
-direction. Why that size: the HOG detector's people in this video are 64 x 128 to about 110 x 220 pixels, so at a
-quarter they are 16 x 32 to 28 x 55 pixels — still several cells of the stride-8 grid tall, enough texture for a
-small network — while one frame costs about 0.1 GFLOP, so training on 600 frames fits a few minutes of one CPU
-thread (at 256 x 192 it would cost 1.8 times as much for no visible gain in AP on the held-out frames).
+direction. Why that size: the HOG detector's people in this video are 64 x 128 to 217 x 434 pixels (median
+71 x 142), so at a quarter most are about 18 x 35 pixels — still several cells of the stride-8 grid tall — while
+one frame costs 67 M multiply-adds, so training on 600 frames fits about ten minutes of one (loaded) CPU thread;
+256 x 192 would cost 1.8 times as much per frame (not tried).
 
 **Network.** Six 3x3 convolutions with batch norm and leaky ReLU (16, 32, 32, 64, 64, 64 channels; strides 2, 2,
-1, 2, 1, 1; the last dilated by 2 for a receptive field of about 60 pixels, a whole person), then a 1x1 head giving,
+1, 2, 1, 1; the last dilated by 2: a receptive field of 71 pixels, a whole person with context), then a 1x1 head giving,
 per cell of the ``18 x 24`` grid (8 pixels of the network's input, 32 of the video's), five numbers: the
 objectness logit ``o``, the box centre offset in the cell ``(sigmoid(tx), sigmoid(ty))`` and the box size
-``(anchor_w exp(tw), anchor_h exp(th))`` (one anchor, ``ANCHOR`` pixels of the network input: the median HOG
+``(anchor_w exp(tw), anchor_h exp(th))`` (one anchor, ``anchor`` (w, h) in pixels of the network input: the median HOG
 box of the training frames).
 
 **Output.** ``detect(x)`` (also ``forward``) returns, per image, ``(boxes (M, 4) x1 y1 x2 y2 in x's pixels,
