@@ -279,7 +279,7 @@ def nearest_errors(model, x, y, *, methods: tuple[str, ...] = ("deepfool", "pgd"
 
     for j, m in enumerate(methods):
         if m == "deepfool":
-            out = deepfool_batch(clf, x, max_iter=deepfool_iter, candidates=2, active=correct)
+            out = deepfool_batch(clf, x, max_iter=deepfool_iter, candidates=10, active=correct)
             offer(j, out.x_adv, correct)
         else:
             for eps in pgd_eps:
