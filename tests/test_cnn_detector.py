@@ -81,7 +81,7 @@ def test_cnn_scores_boxes_gradients():
     for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         cells = [s[idx[k], r, c] for r in range(gh) for c in range(gw)
                  if c * cw < x2 and (c + 1) * cw > x1 and r * ch < y2 and (r + 1) * ch > y1]
-        assert float(got[k]) == pytest.approx(float(torch.stack(cells).max()), abs=1e-6)
+        assert float(got[k].detach()) == pytest.approx(float(torch.stack(cells).max()), abs=1e-6)
     out = det.detect(x.detach())
     assert len(out) == 2 and all(b.shape[1] == 4 and b.shape[0] == sc.shape[0] for b, sc in out)
 
@@ -138,8 +138,8 @@ def test_training_learns_generated_people(tmp_path):
 def test_shipped_cnn_ap_on_held_out_frames():
     """The shipped weights: AP at IoU 0.5 against the cached HOG boxes on every 10th held-out frame equals the
     value recorded beside the weights (by repro/surveillance_patch.py --train-cnn, same frames, same code);
-    tolerance 0.02: another CPU's rounding can move a near-threshold score across 0.5 (one of ~75 people
-    = 0.013)."""
+    tolerance 0.02: another CPU's rounding can move a near-threshold match or ranking (one of the 72 people
+    = 0.014 of recall)."""
     info = json.loads(WEIGHTS_FILE.with_suffix(".json").read_text())
     assert WEIGHTS_FILE.stat().st_size < 2_000_000
     det = load_cnn_people()
