@@ -189,16 +189,18 @@ def monte_carlo_error(model: nn.Module, dim: int, *, r_inner: float = 1.0, r_out
 
 
 def quadratic_error(A: torch.Tensor, b: float, *, r_inner: float = 1.0, r_outer: float = 1.3, n: int = 10_000_000,
-                    seed: int = 12345, batch_size: int = 1_000_000) -> dict:
+                    seed: int = 12345, batch_size: int | None = None) -> dict:
     """The error of the quadratic network ``g(x) = (x − c)ᵀA(x − c) + b`` on each sphere, by Monte Carlo in the
     eigenbasis of ``A`` (the paper's device for tiny error rates): on the sphere of radius ``r``,
     ``g = r²·Σᵢ λᵢ wᵢ² / Σᵢ wᵢ² + b`` with ``w ~ N(0, I)``, ``d`` operations per sample instead of ``d²``, so ``n`` of
     10⁷ resolves error rates near 10⁻⁶. Class 0 (inner) errs where ``g > 0``, class 1 (outer) where ``g ≤ 0``
     (the network's arg-max: a tie goes to class 0). Returns ``{"inner", "outer", "n", "errors_inner",
-    "errors_outer"}`` with ``n`` samples per sphere."""
+    "errors_outer"}`` with ``n`` samples per sphere. ``batch_size`` (default: 2²² / d rows, 32 MiB per batch
+    tensor) bounds the memory."""
     check_positive(n, "n", integer=True)
-    check_positive(batch_size, "batch_size", integer=True)
     A = torch.as_tensor(A).double()
+    batch_size = max(1, (1 << 22) // max(1, A.shape[0])) if batch_size is None else batch_size
+    check_positive(batch_size, "batch_size", integer=True)
     lam = torch.linalg.eigvalsh(0.5 * (A + A.T))
     radii = sphere_radii(r_inner, r_outer)
     g = torch.Generator(device=lam.device).manual_seed(seed)
