@@ -71,7 +71,8 @@ def main(argv=None) -> dict:
         a.n = 20
     results, seconds = {}, {}
     if a.replot:
-        saved = sorted(p.stem for p in folder.glob("*.json") if p.name != "seconds.json")
+        saved = sorted((p.stem for p in folder.glob("*.json") if p.name != "seconds.json"),
+                       key=lambda s: (s.removesuffix("-clip"), s.endswith("-clip")))
         for stem in (a.models.split(",") if a.models else saved):
             key = stem[:-len("-clip")] + " (clamped)" if stem.endswith("-clip") else stem
             results[key] = DeepFoolSteps.load(folder / stem)
