@@ -116,7 +116,7 @@ def figures(res: dict, out: Path) -> list[str]:
     if scores:
         written.append(str(plots.detector_scores(scores, out / "obfuscated_scores.png")))
     if res.get("projections"):
-        proj = {k: {kk: torch.tensor(vv) for kk, vv in v.items()} for k, v in res["projections"].items()}
+        proj = {k: {kk: torch.tensor(vv) / 255 for kk, vv in v.items()} for k, v in res["projections"].items()}
         written.append(str(plots.projections(proj, out / "obfuscated_projections.png")))
     return written
 
@@ -231,9 +231,9 @@ def main(argv=None) -> dict:
             k = min(4, n)
             ra = ev.results["adaptive-pgd"]
             with torch.no_grad():
-                projections[label] = {"clean": xe[:k].tolist(), "projected": model.projection(xe[:k]).tolist(),
-                                      "adversarial": ra.x_adv[:k].tolist(),
-                                      "adversarial projected": model.projection(ra.x_adv[:k]).tolist()}
+                imgs = {"clean": xe[:k], "projected": model.projection(xe[:k]), "adversarial": ra.x_adv[:k],
+                        "adversarial projected": model.projection(ra.x_adv[:k])}
+            projections[label] = {kk: (v * 255).round().int().tolist() for kk, v in imgs.items()}  # 8-bit, figure
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         log.info("%s: %s (%.0f s)", label, ev.verdict, row["seconds"])
