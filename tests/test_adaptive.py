@@ -237,6 +237,10 @@ def test_bad_input_is_refused(digits):
         adaptive_pgd(adaptive_model(d), x, y, eps=0.1)
     with pytest.raises(OptionError, match="loss"):
         adaptive_pgd(d, x, y, eps=0.1, loss="hinge")
+    with pytest.raises(OptionError, match="route"):
+        adaptive_evaluation(d, x, y, 0.1, route="sideways")
+    with pytest.raises(OptionError, match="spsa"):
+        adaptive_evaluation(d, x, y, 0.1, spsa="yes")
     with pytest.raises(ModelError, match="threshold"):
         detection_metrics(LowMargin(clf), x, x)
     with pytest.raises(OptionError, match="generator"):

@@ -491,6 +491,11 @@ def adaptive_evaluation(defended: Defended, x, y, eps: float, *, norm="inf", ste
     if not isinstance(spsa, bool):
         raise OptionError(f"spsa must be True or False, got {spsa!r}")
     check_iterations(spsa_steps, "spsa_steps")
+    if route not in ROUTES:
+        raise unknown_name("route", route, ROUTES)
+    if eot is not None:
+        check_iterations(eot, "eot")
+    check_positive(penalty, "penalty", allow_zero=True)
     p = prepare(defended, x, y, labels_required=True)
     x, y = p.x, p.y
     sur = adaptive_model(defended, route=route, eot=eot, x_clean=x)
