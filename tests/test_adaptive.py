@@ -313,3 +313,19 @@ def test_cli_defend_detect_saves_a_working_detector(tmp_path, digits):
 def test_cli_bad_options_are_clear_errors(tmp_path, args, msg):
     res = _cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert res.exit_code == 2 and msg in " ".join(res.output.split()), res.output
+
+
+def test_targeted_attack_on_the_combined_logit_evades_the_detector(digits):
+    """Carlini & Wagner's use of the combined logit: a targeted attack on the surrogate succeeds only where the
+    target beats every class logit *and* the reject logit, so each of its successes is undetected by the real
+    model. Measured at eps 0.1 (100 digits, runner-up target, 20 steps): 39 undetected successes on the
+    surrogate vs 0 for the same attack on the bare classifier (its successes are all flagged)."""
+    clf, x, y, det, d = _detector_case(digits)
+    x, y = x[:100], y[:100]
+    with torch.no_grad():
+        target = clf(x).topk(2, 1).indices[:, 1]
+    sur = adaptive_model(d, x_clean=x)
+    aware = d.verify(gr.pgd(sur, x, y, eps=0.1, steps=20, target=target, seed=0))
+    obl = d.verify(gr.pgd(clf, x, y, eps=0.1, steps=20, target=target, seed=0))
+    assert not bool((aware.success & det.detect(aware.x_adv)).any())
+    assert int(aware.success.sum()) >= int(obl.success.sum()) + 15
