@@ -163,6 +163,8 @@ def test_targeted_pgd_stays_in_the_ball_and_reaches_the_target():
     assert bool(res.target_success[0].all())
     inf = saliency(std, x, y, eps=0.05, norm="inf", steps=5, target=3)
     assert float((inf.x_targeted[0] - x).abs().max()) <= 0.05 + 1e-6 and (inf.target == 3).all()
+    opts = registry.analyses.get("saliency").check_options({"target": "3", "steps": "1"})  # as the CLI gives them
+    assert (saliency(std, x[:2], y[:2], **opts).target == 3).all()
 
 
 @pytest.mark.slow

@@ -155,7 +155,7 @@ class Saliency(Saveable, Report):
 def _resolve_models(model, models, device) -> list[tuple[str, nn.Module]]:
     """``[(label, module)]``: the main model, then ``models`` (comma-separated shipped names, a sequence of
     names or modules, or a mapping label → name or module); names are loaded before any work."""
-    from ..models import pretrained
+    from ..models import load_model, pretrained
 
     main = getattr(model, "name", None) or "model"
     if models is None or models == "" or models == []:
@@ -172,8 +172,8 @@ def _resolve_models(model, models, device) -> list[tuple[str, nn.Module]]:
                           f"dict label -> module; got {type(models).__name__}")
     out = [(str(main), model)]
     for lab, m in items:
-        if isinstance(m, str):
-            m = pretrained(m, device=device)
+        if isinstance(m, str):  # a shipped name, or any spec the CLI's --model takes (zoo:NAME, a file, ...)
+            m = load_model(m, device=device) if (":" in m or "." in m or "/" in m) else pretrained(m, device=device)
         elif not isinstance(m, nn.Module):
             raise OptionError(f"models: {lab!r} is a {type(m).__name__}, not a model name or torch.nn.Module")
         out.append((lab, m))
@@ -212,8 +212,9 @@ def saliency(model, x, y=None, *, models=None, eps: float = 3.0, norm: str = "2"
     NeurIPS 2019). See the module docstring.
 
     Args:
-        models: more models on the same inputs: comma-separated shipped names (``"lenet-fmnist-at,
-            lenet-fmnist-cure"``; CLI ``-o models=...``), a list of names or modules, or a dict label → module.
+        models: more models on the same inputs: comma-separated shipped names or model specs
+            (``"lenet-fmnist-at,lenet-fmnist-cure"``, ``zoo:NAME``, a ``.safetensors`` file; CLI
+            ``-o models=...``), a list of them or of modules, or a dict label → name or module.
         eps, norm, steps, step_size: the targeted PGD (L2 or L∞; step size default ``2.5·eps/steps``).
         target: ``"next"`` (``(y + 1) mod K``), ``"random"`` (seeded, never ``y``), ``"least-likely"`` (the
             first model's smallest logit), or a class index.
@@ -227,6 +228,8 @@ def saliency(model, x, y=None, *, models=None, eps: float = 3.0, norm: str = "2"
         check_positive(step_size, "step_size")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise OptionError(f"seed must be an integer, got {seed!r}")
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():  # a class index given as text (CLI -o)
+        target = int(target)
     if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)):
         raise OptionError(f"mask_threshold must be a number, got {mask_threshold!r}")
     if not (isinstance(target, int) and not isinstance(target, bool)) and target not in TARGETS:
