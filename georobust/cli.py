@@ -587,6 +587,15 @@ def zoo_list(s: Shared):
         rows.append([f"zoo:{name}", e["arch"], e["data"], f"{e['test_accuracy']:.4f}", robust(e), str(e["seed"]),
                      e["command"]])
     _print_table("shipped models", rows)
+    from .detection import cnn as _cnn
+
+    det = json.loads(_cnn.WEIGHTS_FILE.with_suffix(".json").read_text())
+    _print_table("shipped detectors (georobust.detection)", [
+        ["detector", "data", "quality", "load", "command"],
+        ["HOGPeopleDetector", "INRIA (OpenCV's SVM)", "OpenCV's boxes on all 795 vtest frames", "HOGPeopleDetector()",
+         "cv2.HOGDescriptor_getDefaultPeopleDetector()"],
+        ["CNNPeopleDetector", "vtest frames 0-599, HOG boxes as labels",
+         f"AP@0.5 {det['ap50_test']:.3f} on frames 600-794 (vs HOG boxes)", "load_cnn_people()", det["command"]]])
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -1092,10 +1101,19 @@ def evaluate(
     shard_size: int = typer.Option(256, "--shard-size", help="samples per shard: the unit of work of a process "
                                    "under torchrun and of a checkpoint; it (not the number of processes) fixes the "
                                    "random draws"),
+    adaptive: bool = typer.Option(False, "--adaptive", help="run the adaptive attacks on a defended model at one "
+                                  "--eps (non-adaptive PGD, BPDA/EOT/detector-aware PGD, SPSA; -o steps=, "
+                                  "spsa=false, ...): --defence DIR or a defended --model"),
+    defence: Optional[Path] = typer.Option(None, "--defence", help="with --adaptive: a defence folder written by "
+                                           "georobust defend (replaces --model)"),
 ):
     """Clean accuracy and robust accuracy versus ε under several attacks (a whole evaluation), or the standard
     cascade of strong attacks at one ε (--preset standard). Sharded over processes when started by torchrun
     (torchrun --nproc-per-node N -m georobust evaluate ...): the same results whatever N."""
+    if adaptive or defence is not None:  # issue 13: georobust.defend_cli
+        from .defend_cli import evaluate_adaptive
+        return evaluate_adaptive(sys.modules[__name__], s, defence=defence, attacks=attacks, eps=eps, norm=norm,
+                                 option=option, out=out, preset=preset, report=report, resume=resume)
     from .checks import check_norm
     from .evaluation import distributed as gdist
     from .evaluation import save_evaluation
@@ -1631,16 +1649,20 @@ def universal(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a checkpoint already in --out"),
     out: Optional[Path] = typer.Option(None, help="write the result (checkpointed each pass) and figures here "
                                        "(default: a new folder results/universal-MODEL-TIMESTAMP)"),
+    shard_size: int = typer.Option(1024, "--shard-size", help="held-out images per shard of the fooling rate "
+                                   "(under torchrun: the unit of work of a process)"),
 ):
     """A universal adversarial perturbation (CVPR 2017), checkpointed after every pass; fooling rates per pass.
-    --limit is the number of training images X (the first N of the train split)."""
+    --limit is the number of training images X (the first N of the train split). Under torchrun
+    (torchrun --nproc-per-node N -m georobust universal --out DIR ...) rank 0 computes the perturbation and the
+    held-out fooling rate of every pass is sharded over the processes: the same result whatever N."""
     from . import plots
-    from .attacks.universal import universal_perturbation
-    from .evaluation.distributed import context_from_env
+    from .evaluation import distributed as gdist
     from .evaluation.metrics import perturbed_labels
-    if context_from_env().distributed:  # N ranks would each compute, and write, the same perturbation
-        raise OptionError("universal is not sharded over processes (its passes update one perturbation in order): "
-                          "run it as one process, without torchrun")
+    gdist.check_shard_size(shard_size)
+    if gdist.context_from_env().distributed and out is None:  # every rank must name the same folder
+        raise OptionError("universal under torchrun needs --out (the folder every process writes to and rank 0 "
+                          "checkpoints in)")
     if resume and out is None:
         raise OptionError("--resume needs --out (the folder of the run to continue)")
     if resume and overwrite:
@@ -1663,10 +1685,13 @@ def universal(
             raise OutputError(f"{out} already holds a universal perturbation ({found[0].name}); pass --resume to "
                               "continue it, --overwrite to replace it, or choose another --out")
 
+    ctx = _distributed(s, out)
     run = _start(s, check_outputs=outputs)
+    _rank_logs(ctx, out)
+    gdist.barrier(ctx)  # every rank has checked --out before rank 0 writes its first checkpoint
     x = run.x
     xe, _ = run.load("test", eval_limit)
-    with Reporter("pass 1", x.shape[0]) as rep:
+    with (Reporter("pass 1", x.shape[0]) if ctx.main else _Silent()) as rep:
         def on_progress(p, done, total, info):
             rep.update(done, total=total, description=f"pass {p + 1}/{max_passes}",
                        info=f"steps {info['updates']}  ‖v‖ {info['norm']:.3g}")
@@ -1676,9 +1701,15 @@ def universal(
             rep.print(f"pass {r.passes}: fooling rate X {r.fooling_train[-1]:.3f}, held-out "
                       f"{'—' if fe is None else f'{fe:.3f}'}, {r.updates[-1]} steps, {r.pass_seconds[-1]:.1f}s")
 
-        res = universal_perturbation(run.clf, x, xi=xi, norm=norm, delta=delta, max_passes=max_passes, x_eval=xe,
-                                     mode=mode, chunk=chunk, clip=clip, seed=s.seed, checkpoint=ckpt,
-                                     resume=resume, overwrite=overwrite, on_progress=on_progress, on_pass=on_pass)
+        try:
+            res = gdist.universal_sharded(ctx, run.clf, x, x_eval=xe, shard_size=shard_size, xi=xi, norm=norm,
+                                          delta=delta, max_passes=max_passes, mode=mode, chunk=chunk, clip=clip,
+                                          seed=s.seed, checkpoint=ckpt, resume=resume, overwrite=overwrite,
+                                          on_progress=on_progress, on_pass=on_pass)
+        finally:
+            gdist.shutdown(ctx)
+    if res is None:  # not rank 0: rank 0 writes
+        return
     rows = [["metric", "value"]] + [[k, _fmt(v)] for k, v in res.summary().items()]
     _print_table(f"universal perturbation of {s.model} on {s.data}", rows)
     _warn(getattr(res, "warnings", None))
@@ -1719,6 +1750,12 @@ def report_command(
 from .study_cli import register_cli as _register_study  # noqa: E402 (the command lives in its own module)
 
 _register_study(app, shared=shared, console=console, setup=_setup)
+
+
+# --------------------------------------------------------------------------------------------- defend
+from .defend_cli import register_cli as _register_defend  # noqa: E402 (issue 13: its own module)
+
+_register_defend(app, sys.modules[__name__])
 
 
 def main():  # pragma: no cover - entry point

@@ -123,6 +123,66 @@ def tradeoff(curves: dict[str, list[tuple[float, float, float]]], path) -> Path:
     return _save(fig, path)
 
 
+def tradeoff_deep(curves: dict[str, list[tuple[float, float, float]]], points: dict[str, tuple[float, float]],
+                  path, *, robust_label: str = "robust accuracy",
+                  cascade: dict[str, list[tuple[float, float, float]]] | None = None) -> Path:
+    """The Tsipras et al. (ICLR 2019) trade-off on one figure: ``curves[family] = [(strength, clean, robust)]``
+    (a line per family, each point annotated with its strength), ``points[label] = (robust, clean)`` (single
+    models, e.g. the shipped ones, as markers) and, optionally, ``cascade`` curves of the same form drawn dashed
+    (robust accuracy from the cascade, a tighter upper bound than PGD's)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colors = {}
+    for label, pts in curves.items():
+        pts = sorted(pts)
+        (line,) = ax.plot([p[2] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        colors[label] = line.get_color()
+        for s, c, r in pts:
+            ax.annotate(f"{s:g}", (r, c), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for label, pts in (cascade or {}).items():
+        pts = sorted(pts)
+        fam = label.rsplit(" cascade", 1)[0]
+        ax.plot([p[2] for p in pts], [p[1] for p in pts], marker="x", ls="--", alpha=0.7, label=label,
+                color=colors.get(fam, "black" if fam.startswith("shipped") else None))
+    for (label, (r, c)), m in zip(points.items(), "s^vDP*"):
+        ax.scatter([r], [c], marker=m, s=60, color="black" if label.startswith("shipped") else "gray",
+                   zorder=3, label=label)
+    ax.set_xlabel(robust_label)
+    ax.set_ylabel("clean accuracy")
+    ax.set_title("robustness vs accuracy (Tsipras et al. 2019)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def saliency_grid(result, path, *, n: int = 6, classes: Sequence[str] | None = None) -> Path:
+    """Perceptually aligned gradients (Tsipras et al. 2019; Santurkar et al. 2019) side by side: one row per
+    image; the image, then for each model its |input gradient of the loss| (per-image scale) and its
+    large-ε targeted PGD image. ``result``: a :class:`~georobust.geometry.saliency.Saliency`."""
+    m, k = len(result.labels), min(n, result.x.shape[0])
+    fig, axes = plt.subplots(k, 1 + 2 * m, figsize=(1.3 * (1 + 2 * m), 1.4 * k + 0.4), squeeze=False)
+    sal = result.saliency_maps()  # (M, N, H, W) or (M, N, D)
+    for i in range(k):
+        img, cmap = _img(result.x[i])
+        axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+        axes[i, 0].set_title(_name(result.y[i], classes), fontsize=7)
+        for j, lab in enumerate(result.labels):
+            s = sal[j, i].detach().float().cpu()
+            s = s / s.max().clamp_min(1e-12)
+            axes[i, 1 + 2 * j].imshow(s.numpy() if s.ndim == 2 else s[None].numpy(), cmap="inferno", vmin=0, vmax=1)
+            ta, tc = _img(result.x_targeted[j, i])
+            axes[i, 2 + 2 * j].imshow(ta, cmap=tc, vmin=0, vmax=1)
+            ok = bool(result.target_success[j, i])
+            axes[i, 2 + 2 * j].set_title("→ " + _name(result.target[i], classes) + ("" if ok else " (missed)"),
+                                         fontsize=6, color="black" if ok else "red")
+            if i == 0:
+                axes[i, 1 + 2 * j].set_title(f"{lab}\n|∇ₓ loss|", fontsize=6)
+        for a in axes[i]:
+            a.axis("off")
+    norm = "L2" if result.norm == "2" else "L∞"
+    fig.suptitle(f"input gradients and targeted PGD ({norm} ε={result.eps:g}, {result.steps} steps)", fontsize=8)
+    return _save(fig, path)
+
+
 def curvature_profiles(profiles: dict[str, Sequence[float]], path) -> Path:
     """Curvature profile per model: the largest |eigenvalues| of the input Hessian of the loss, by rank
     (log scale), as in Moosavi-Dezfooli et al., CVPR 2019, Fig. 2."""
@@ -555,3 +615,179 @@ def adversarial_patch(result, path, *, n: int = 8, classes: Sequence[str] | None
 
 def _name(c, classes: Sequence[str] | None) -> str:
     return classes[int(c)] if classes else str(int(c))
+
+
+def deepfool_steps(results: dict, path) -> Path:
+    """Linear or blind spots: for each model (``results[label]``, a
+    :class:`~georobust.geometry.linearity.DeepFoolSteps`), the fraction of its fooled inputs that DeepFool fooled in
+    1, 2, 3, ... linearised steps (dashed: iterates clamped into the bounds); the legend gives the first-step
+    fraction of the attacked inputs."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cmap = plt.get_cmap("tab10")
+    names = list(dict.fromkeys(label.replace(" (clamped)", "") for label in results))
+    for label, r in results.items():
+        h = r.histogram()
+        total = max(1, sum(h.values()))
+        steps = sorted(h)
+        color = cmap(names.index(label.replace(" (clamped)", "")) % 10)
+        ax.plot(steps, [h[k] / total for k in steps], marker="o", ms=3, color=color,
+                ls="--" if getattr(r, "clip", False) else "-",
+                label=f"{label} (first step {r.summary()['first_step']:.2f})")
+    ax.set_xlabel("DeepFool steps to fool")
+    ax.set_ylabel("fraction of fooled inputs")
+    ax.set_title("linear or blind spots: DeepFool's steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def linear_tradeoff(panels: dict, path) -> Path:
+    """Robustness vs risk of linear classifiers (Fawzi, Fawzi & Frossard 2018), one panel per data set:
+    ``panels[title] = {"points": {family: [(risk, rho), ...]}, "curves": {label: [(risk, value), ...]}}`` — the
+    classifiers as markers, the bound / closed-form frontier as lines."""
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    for ax, (title, p) in zip(axes[0], panels.items()):
+        for label, pts in p.get("curves", {}).items():
+            pts = sorted(pts)
+            ax.plot([q[0] for q in pts], [q[1] for q in pts], label=label, lw=1.5)
+        for (label, pts), m in zip(p.get("points", {}).items(), "os^vDP*"):
+            ax.scatter([q[0] for q in pts], [q[1] for q in pts], marker=m, s=22, label=label, zorder=3)
+        risks = [q[0] for pts in p.get("points", {}).values() for q in pts]
+        if risks:  # zoom on the classifiers: the bound's line beyond them only squashes the points
+            xmax = min(0.5, 1.3 * max(risks) + 0.01)
+            ys = [q[1] for pts in p.get("points", {}).values() for q in pts]
+            ys += [q[1] for pts in p.get("curves", {}).values() for q in pts if q[0] <= xmax]
+            ax.set_xlim(0, xmax)
+            ax.set_ylim(0, 1.08 * max(ys))
+        ax.set_xlabel("risk")
+        ax.set_ylabel("ρ_adv (mean L2 distance to the boundary)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def spheres_distances(rows: list[dict], path) -> Path:
+    """Adversarial spheres (Gilmer et al. 2018): the mean distance to the nearest error found (DeepFool, PGD,
+    exact for the quadratic network) against the isoperimetric bound for the measured error rate, per model and
+    dimension. ``rows``: dicts with ``model``, ``dim``, ``measured``, ``bound`` (None when the error rate is 0),
+    and optionally ``exact``."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    models = sorted({r["model"] for r in rows})
+    for m, mk in zip(models, "os^vD"):
+        rs = sorted((r for r in rows if r["model"] == m and r.get("bound") is not None), key=lambda r: r["dim"])
+        if not rs:
+            continue
+        sc = ax.scatter([r["bound"] for r in rs], [r["measured"] for r in rs], marker=mk, label=f"{m}: attacks")
+        for r in rs:
+            ax.annotate(f"d={r['dim']}", (r["bound"], r["measured"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+        ex = [r for r in rs if r.get("exact") is not None]
+        if ex:
+            ax.scatter([r["bound"] for r in ex], [r["exact"] for r in ex], marker=mk, facecolors="none",
+                       edgecolors=sc.get_facecolor()[0], label=f"{m}: exact")
+    lim = [v for r in rows for v in (r.get("bound"), r.get("measured")) if v is not None]
+    if lim:
+        hi = max(lim) * 1.1
+        ax.plot([0, hi], [0, hi], color="gray", ls="--", lw=1, label="measured = bound")
+    ax.set_xlabel("isoperimetric bound on the mean distance (cap of the same error rate)")
+    ax.set_ylabel("measured mean distance to the nearest error")
+    ax.set_title("adversarial spheres: errors close to most points", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def surveillance_patch(rows: list[dict], path, *, title: str | None = None) -> Path:
+    """Frames with boxes, clean vs patched, and the patches (Thys et al. 2019; ``repro/surveillance_patch.py``).
+    ``rows``: one per detector, ``{"name", "panels": [{"title", "image" (3, H, W), "people" (K, 4),
+    "detections" (M, 4)}], "patch" (3, s, s)}``; people (the HOG boxes of the clean frame) are drawn dashed
+    white, the detector's boxes solid (green when they find a person at IoU >= 0.5, else orange)."""
+    from matplotlib.patches import Rectangle
+
+    ncol = max(len(r["panels"]) for r in rows) + 1
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.1 * ncol, 2.5 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * (ncol - 1) + [0.55]})
+    for r, row in enumerate(rows):
+        for c, pan in enumerate(row["panels"]):
+            ax = axes[r][c]
+            img, cmap = _img(pan["image"])
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            people = torch.as_tensor(pan["people"], dtype=torch.float64).reshape(-1, 4)
+            dets = torch.as_tensor(pan["detections"], dtype=torch.float64).reshape(-1, 4)
+            for x1, y1, x2, y2 in people.tolist():
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=0.9))
+            for x1, y1, x2, y2 in dets.tolist():
+                iw = (torch.minimum(people[:, 2], torch.tensor(x2)) - torch.maximum(people[:, 0], torch.tensor(x1)))
+                ih = (torch.minimum(people[:, 3], torch.tensor(y2)) - torch.maximum(people[:, 1], torch.tensor(y1)))
+                inter = iw.clamp_min(0) * ih.clamp_min(0)
+                union = (people[:, 2:] - people[:, :2]).prod(1) + (x2 - x1) * (y2 - y1) - inter
+                hit = bool(len(people)) and bool((inter / union >= 0.5).any())
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime" if hit else "orange",
+                                       lw=1.3))
+            ax.set_title(f"{row['name']}: {pan['title']}", fontsize=8)
+            ax.axis("off")
+        for c in range(len(row["panels"]), ncol - 1):
+            axes[r][c].axis("off")
+        ax = axes[r][ncol - 1]
+        img, cmap = _img(row["patch"])
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(f"patch vs {row['name']}", fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def detector_scores(scores: dict[str, dict], path) -> Path:
+    """Detector score distributions, one panel per detector (issue 13, ``repro/obfuscated.py``): clean inputs,
+    oblivious adversarial examples and adaptive (detector-aware) adversarial examples, with the threshold.
+    ``scores``: ``{name: {"clean": [...], "adversarial": [...], "adaptive": [...], "threshold": float}}``."""
+    names = list(scores)
+    ncol = min(3, max(1, len(names)))
+    nrow = -(-len(names) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    for i, name in enumerate(names):
+        ax = axes[i // ncol][i % ncol]
+        d = scores[name]
+        groups = [(k, torch.as_tensor(d.get(k) or [], dtype=torch.float64)) for k in ("clean", "adversarial",
+                                                                                     "adaptive")]
+        vals = torch.cat([v for _, v in groups if v.numel()])
+        lo, hi = (float(vals.min()), float(vals.max())) if vals.numel() else (0.0, 1.0)
+        bins = torch.linspace(lo, hi if hi > lo else lo + 1.0, 31).numpy()
+        for (label, v), color in zip(groups, ("tab:blue", "tab:red", "tab:orange")):
+            if v.numel():
+                ax.hist(v.numpy(), bins=bins, alpha=0.5, color=color, density=True, label=f"{label} ({v.numel()})")
+        if d.get("threshold") is not None:
+            ax.axvline(float(d["threshold"]), color="k", ls="--", lw=1, label="threshold")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score (higher = flagged)", fontsize=8)
+        ax.legend(fontsize=7)
+    for j in range(len(names), nrow * ncol):
+        axes[j // ncol][j % ncol].axis("off")
+    return _save(fig, path)
+
+
+def projections(rows: dict[str, dict], path) -> Path:
+    """What projection defences do to inputs (issue 13): per defence, clean images, their projections, adaptive
+    adversarial images and their projections. ``rows``: ``{name: {"clean", "projected", "adversarial",
+    "adversarial projected"}}``, each ``(k, C, H, W)``."""
+    kinds = ("clean", "projected", "adversarial", "adversarial projected")
+    names = list(rows)
+    k = max(int(torch.as_tensor(rows[n]["clean"]).shape[0]) for n in names)
+    fig, axes = plt.subplots(len(names), len(kinds) * k, figsize=(1.0 * len(kinds) * k, 1.25 * len(names)),
+                             squeeze=False)
+    for r, name in enumerate(names):
+        for c, kind in enumerate(kinds):
+            imgs = torch.as_tensor(rows[name][kind])
+            for i in range(k):
+                ax = axes[r][c * k + i]
+                ax.axis("off")
+                if i < imgs.shape[0]:
+                    img, cmap = _img(imgs[i])
+                    ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+                if r == 0 and i == 0:
+                    ax.set_title(kind, fontsize=7, loc="left")
+        axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7)
+    return _save(fig, path)

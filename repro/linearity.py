@@ -28,8 +28,9 @@ from georobust.models import manifest
 
 
 def classifiers() -> list[str]:
-    """The shipped models of the classification task (the zoo's segmenter is left out)."""
-    return [k for k, v in manifest().items() if data.info(v["data"]).task == "classification"]
+    """The shipped models of the classification task (the zoo's segmenter is left out, and so are the defended
+    models, whose projection or detector is not the network DeepFool's steps describe)."""
+    return [k for k, v in manifest().items() if data.info(v["data"]).task == "classification" and "defense" not in v]
 
 
 def write(results: dict[str, DeepFoolSteps], seconds: dict[str, float], out) -> dict:

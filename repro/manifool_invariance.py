@@ -150,7 +150,9 @@ def main(argv=None) -> dict:
                     help="with --merge: also the rows of these manifool_invariance.json files (runs split over "
                          "processes), same setting")
     a = ap.parse_args(argv)
-    models = a.models if a.models is not None else list(manifest())
+    # default: every shipped classifier; defended models (a projection/detector in front) and segmenters are left out
+    models = a.models if a.models is not None else [k for k, v in manifest().items()
+                                                    if "defense" not in v and v.get("task") != "dense"]
     if a.quick:
         a.n, a.sets, a.candidates = 4, ["translation", "rotation-translation"], 2
         models = a.models or ["mlp-digits", "lenet-fmnist"]

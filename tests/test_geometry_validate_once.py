@@ -144,6 +144,8 @@ ANALYSES = {
     "random-noise": dict(grid=8, bisection=4),
     "normals": dict(dims=(1, 2)),
     "universal-geometry": dict(xi=1.0, m_flat=2, m_curved=2, lanczos_steps=8),
+    "linearity": dict(max_iter=5),
+    "saliency": dict(steps=3),
 }
 
 

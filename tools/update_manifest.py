@@ -87,6 +87,11 @@ def main(names: list[str]) -> None:
     files = [WEIGHTS_DIR / f"{n}.safetensors" for n in names] if names else sorted(WEIGHTS_DIR.glob("*.safetensors"))
     for f in files:
         meta = json.loads(f.with_suffix(".json").read_text())
+        if "defense" in meta:
+            # a defended model (projection/detector around a LeNet): its entry is measured and written by
+            # georobust.defenses.projections.measure_zoo_defense (its command is in the entry), not here
+            print(f"{f.stem}: a defended model, skipped (see its measure_command in MANIFEST.json)")
+            continue
         clf = load_weights(f)
         x, y = data.load(meta["data"], "test")
         entry = {"file": f.name, "sha256": sha256(f), "arch": meta["arch"], "data": meta["data"],
