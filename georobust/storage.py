@@ -10,13 +10,14 @@ the work, not a traceback after it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputError, WeightsError
 
 
 def _probe_dir(d: Path, what: str) -> None:
@@ -98,3 +99,38 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_safetensors(path: str | Path, state: dict, metadata: dict[str, str], *, sidecar: dict | None = None,
+                      what: str = "weights") -> Path:
+    """Write tensors ``state`` with string ``metadata`` to the safetensors file ``path`` atomically, then
+    ``sidecar`` (when given) as JSON to ``path`` with the suffix ``.json`` (atomically, after the tensors).
+    Every model-like file georobust writes (zoo weights, defended models, detectors) goes through here.
+    Raises :class:`~georobust.errors.OutputError` naming ``what`` when it cannot write."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    try:
+        with atomic_target(path) as tmp:
+            save_file(state, str(tmp), metadata=metadata)
+        if sidecar is not None:
+            atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
+    except OSError as e:
+        raise OutputError(f"cannot write {what} to {path}: {e.strerror or e}; choose another location") from None
+    return path
+
+
+def read_safetensors(path: str | Path, *, what: str = "weights file") -> tuple[dict, dict[str, str]]:
+    """``(tensors, metadata)`` of the safetensors file ``path`` (on the CPU). Safetensors holds tensors and
+    strings only, so reading it never runs code. Raises :class:`~georobust.errors.WeightsError` when the file
+    is missing (naming ``what``) or unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types
+        raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e

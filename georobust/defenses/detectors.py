@@ -50,7 +50,7 @@ from ..attacks import deepfool, pgd
 from ..checks import check_input_shape, check_iterations, check_labels, check_positive, check_x
 from ..errors import InputError, ModelError, OptionError, WeightsError, unknown_name
 from ..models.classifier import Classifier, as_classifier
-from ..storage import atomic_write_bytes
+from ..storage import read_safetensors, write_safetensors
 from .defended import Detector
 
 log = logging.getLogger(__name__)
@@ -410,13 +410,11 @@ class _Fitted(Detector):
     def save(self, path: str | Path) -> Path:
         """Write the fitted state (not the classifier's weights), the constructor options, the threshold and its
         FPR to a safetensors file; :meth:`load` (or :func:`load_detector`) rebuilds the detector."""
-        from safetensors.torch import save
-
         self._require_fitted()
         meta = {"detector": type(self).__name__, "config": json.dumps(self._config()),
                 "threshold": json.dumps(self.threshold), "fpr": json.dumps(self.fpr)}
         tensors = {k: v.contiguous().cpu() for k, v in self._own_state().items()}
-        return atomic_write_bytes(path, save(tensors, metadata=meta))
+        return write_safetensors(path, tensors, meta, what="the detector")
 
     def _allocate(self, state: dict[str, torch.Tensor]) -> None:
         """Give every buffer/parameter the shape it has in ``state`` before ``load_state_dict``."""
@@ -441,17 +439,8 @@ class _Fitted(Detector):
 
 def load_detector(path: str | Path, classifier) -> _Fitted:
     """Rebuild any detector of this module saved with ``detector.save(path)``, around ``classifier``."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"detector file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    state, meta = read_safetensors(path, what="detector file")
     kinds = {c.__name__: c for c in (DetectorSubnetwork, FeatureSqueezing, Mahalanobis, LID)}
     if meta.get("detector") not in kinds:
         raise WeightsError(f"{path} was not written by a georobust detector's save() (metadata 'detector' is "

@@ -38,13 +38,12 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..checks import check_iterations, check_positive, check_x
-from ..errors import InputError, ModelError, OptionError, OutputError, WeightsError, unknown_name
+from ..errors import InputError, ModelError, OptionError, WeightsError, unknown_name
 from ..models.io import WEIGHTS_DIR, check_weights_path, load_model, model_loaders
-from ..storage import atomic_target, atomic_write_text
+from ..storage import atomic_write_text, write_safetensors
 from .defended import REJECT, Defended, Detector, Projection
 from .detectors import median_filter
 from .generative import VAE, DenoisingAutoencoder, build_generative, fit_autoencoder, fit_vae
@@ -454,14 +453,7 @@ def save_defended(defended: Defended, path: str | Path, *, base: str, sidecar: d
             "projection": json.dumps(part(defended.projection)),
             "detector": json.dumps(part(det, None if det is None else {"threshold": det.threshold, "fpr": det.fpr}))}
     state = {f"generative.{k}": v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}
-    try:
-        with atomic_target(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
-        if sidecar is not None:
-            atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
-    except OSError as e:
-        raise OutputError(f"cannot write the defended model to {path}: {e.strerror or e}") from None
-    return path
+    return write_safetensors(path, state, meta, sidecar=sidecar, what="the defended model")
 
 
 @model_loaders.register("defended")

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError, OptionError, WeightsError
+from ..storage import atomic_write_text, read_safetensors, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +284,10 @@ class CNNPeopleDetector(nn.Module):
         configuration) to the ``.json`` beside it."""
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"config": json.dumps(self.config())})
+        write_safetensors(path, state, {"config": json.dumps(self.config())}, what="the detector")
         info = dict(meta or {})
         info["config"] = self.config()
-        path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=1) + "\n")
         return path
 
 
@@ -298,12 +298,9 @@ def load_cnn_people(path: str | Path | None = None, *, device=None) -> CNNPeople
     if not path.is_file():
         raise WeightsError(f"no detector weights at {path}: train them with repro/surveillance_patch.py "
                            "--train-cnn, or reinstall georobust (the wheel ships cnn_people.safetensors)")
+    state, meta = read_safetensors(path, what="detector weights")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            cfg = json.loads((f.metadata() or {}).get("config", "{}"))
-        state = load_file(str(path))
+        cfg = json.loads(meta.get("config", "{}"))
         det = CNNPeopleDetector(**{k: (tuple(v) if k == "anchor" else v) for k, v in cfg.items()})
         det.load_state_dict(state)
     except (OSError, ValueError, RuntimeError, TypeError) as e:

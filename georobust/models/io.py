@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ModelError, WeightsError, unknown_name
 from ..registry import Registry
-from ..storage import atomic_target, atomic_write_text, ensure_writable
+from ..storage import ensure_writable, read_safetensors, write_safetensors
 from .classifier import Classifier, check_logits
 from .zoo import build
 
@@ -79,8 +77,6 @@ def save_weights(model: Classifier, path: str | Path, *, arch: str, input_shape,
     ``path`` with the suffix ``.json`` (atomically, after the weights) — the training record ``georobust
     train`` keeps beside its weights. Raises :class:`~georobust.errors.OutputError` when it cannot write.
     """
-    from ..errors import OutputError
-
     path = check_weights_path(path)
     meta = {
         "arch": arch,
@@ -94,14 +90,7 @@ def save_weights(model: Classifier, path: str | Path, *, arch: str, input_shape,
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-    try:
-        with atomic_target(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
-        if sidecar is not None:
-            atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
-    except OSError as e:
-        raise OutputError(f"cannot write weights to {path}: {e.strerror or e}; choose another location") from None
-    return path
+    return write_safetensors(path, state, meta, sidecar=sidecar)
 
 
 def load_weights(path: str | Path, *, expected_sha256: str | None = None,
@@ -117,12 +106,7 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None,
                 f"sha256 of {path} is {got[:16]}…, but the manifest records {expected_sha256[:16]}…; "
                 "the file is corrupt or was replaced — refusing to load it"
             )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    state, meta = read_safetensors(path)
     if "loader" in meta:
         clf = model_loaders.get(meta["loader"]).fn(state, meta, device=device)
         clf.metadata = meta  # type: ignore[attr-defined]
