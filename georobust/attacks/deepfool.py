@@ -191,6 +191,19 @@ def deepfool_batch(model, x: torch.Tensor, *, norm: str = "2", overshoot: float 
                           boundary_class=bclass, converged=label != orig, iterations=iters, classes=classes)
 
 
+def check_deepfool_options(norm, overshoot, max_iter, candidates, batch_size, clip) -> str:
+    """Validate DeepFool's options before any work (shared by :func:`deepfool` and the analyses that run its
+    batches); returns the normalised norm name."""
+    norm = check_norm(norm)
+    check_positive(overshoot, "overshoot", allow_zero=True)
+    check_positive(max_iter, "max_iter", integer=True)
+    check_candidates(candidates)
+    check_positive(batch_size, "batch_size", integer=True)
+    if not isinstance(clip, bool):
+        raise OptionError(f"clip must be True or False, got {clip!r}")
+    return norm
+
+
 @attack("deepfool", threat="minimal-lp", norms=("2", "inf"), chunking="position")
 def deepfool(model, x, y=None, *, norm=2, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10,
              clip: bool = True, batch_size: int = 1024) -> Run:
@@ -214,13 +227,7 @@ def deepfool(model, x, y=None, *, norm=2, overshoot: float = 0.02, max_iter: int
     Returns:
         An :class:`AttackResult` (``minimal=True``) with verified success and per-sample iterations.
     """
-    norm = check_norm(norm)
-    check_positive(overshoot, "overshoot", allow_zero=True)
-    check_positive(max_iter, "max_iter", integer=True)
-    check_candidates(candidates)
-    check_positive(batch_size, "batch_size", integer=True)
-    if not isinstance(clip, bool):
-        raise OptionError(f"clip must be True or False, got {clip!r}")
+    norm = check_deepfool_options(norm, overshoot, max_iter, candidates, batch_size, clip)
     p = prepare(model, x, y)
     x_adv = torch.empty_like(p.x)
     iters = torch.zeros(p.n, dtype=torch.long, device=p.x.device)

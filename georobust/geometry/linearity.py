@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
-from ..attacks.deepfool import deepfool_batch
-from ..checks import check_candidates, check_norm, check_positive, prepare
-from ..errors import OptionError
+from ..attacks.deepfool import check_deepfool_options, deepfool_batch
+from ..checks import prepare
 from ..results import Saveable
 from ._report import Report, fmt
 
@@ -85,13 +84,7 @@ def deepfool_steps(model, x, y=None, *, norm=2, overshoot: float = 0.02, max_ite
     every iterate into the model's bounds, as image attacks must — on images with saturated pixels the clamped
     step falls short of the linearised boundary, so it needs more steps for a reason that is not curvature
     (measured in repro/linearity.py)."""
-    norm = check_norm(norm)
-    check_positive(overshoot, "overshoot", allow_zero=True)
-    check_positive(max_iter, "max_iter", integer=True)
-    check_candidates(candidates)
-    check_positive(batch_size, "batch_size", integer=True)
-    if not isinstance(clip, bool):
-        raise OptionError(f"clip must be True or False, got {clip!r}")
+    norm = check_deepfool_options(norm, overshoot, max_iter, candidates, batch_size, clip)
     p = prepare(model, x, y)
     attacked = p.pred == p.y
     iters = torch.zeros(p.n, dtype=torch.long, device=p.x.device)
