@@ -177,7 +177,7 @@ def fit_autoencoder(x: torch.Tensor, epochs: int = 5, noise: float = 0.1, seed: 
     gen = torch.Generator().manual_seed(seed)
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=x.device)  # summed on the device: no sync per batch
         for idx in _batches(x.shape[0], batch_size, gen):
             xb = x[idx.to(x.device)]
             eps = torch.randn(xb.shape, generator=gen).to(xb)
@@ -185,8 +185,8 @@ def fit_autoencoder(x: torch.Tensor, epochs: int = 5, noise: float = 0.1, seed: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-        history.append(total / x.shape[0])
+            total += loss.detach().double() * xb.shape[0]
+        history.append(float(total) / x.shape[0])
         log.info("autoencoder epoch %d/%d: mse %.5f (%.0f s)", epoch + 1, epochs, history[-1],
                  time.perf_counter() - t0)
     ae.eval()
@@ -213,7 +213,7 @@ def fit_vae(x: torch.Tensor, epochs: int = 20, seed: int = 0, *, latent_dim: int
     gen = torch.Generator().manual_seed(seed)
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=x.device)  # summed on the device: no sync per batch
         for idx in _batches(x.shape[0], batch_size, gen):
             xb = x[idx.to(x.device)]
             mu, logvar = vae.encode(xb)
@@ -224,8 +224,8 @@ def fit_vae(x: torch.Tensor, epochs: int = 20, seed: int = 0, *, latent_dim: int
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-        history.append(total / x.shape[0])
+            total += loss.detach().double() * xb.shape[0]
+        history.append(float(total) / x.shape[0])
         log.info("VAE epoch %d/%d: -ELBO %.2f (%.0f s)", epoch + 1, epochs, history[-1], time.perf_counter() - t0)
     vae.eval()
     vae.history = history
